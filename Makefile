@@ -1,0 +1,53 @@
+# Recommendation serving suite. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help setup up demo test test-fast bench protos lint check clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: the CPU wheel; an unpinned torch would pull a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## Create the virtual environment and install everything (idempotent)
+
+up: setup ## Start every service on loopback in the foreground (Ctrl-C stops them)
+	$(VENV)/bin/recsys up
+
+demo: setup ## Start the suite if needed, load the MovieLens catalogue, print similar movies
+	$(VENV)/bin/recsys demo
+
+test: setup ## Run the whole test suite (unit, integration, end-to-end)
+	$(PY) -m pytest
+
+test-fast: setup ## Run the unit tests only
+	$(PY) -m pytest tests/unit
+
+bench: setup ## Benchmark ingest and SimilarItems latency on the MovieLens catalogue
+	$(VENV)/bin/recsys bench
+
+protos: setup ## Regenerate Python code and stubs from protos/ (commit the result)
+	$(VENV)/bin/buf lint
+	rm -rf gen/python
+	$(PY) tools/gen_protos.py gen/python
+
+lint: setup ## Lint protos and Python
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+check: lint ## Lint and type-check
+	$(VENV)/bin/mypy shared services
+
+clean: ## Remove the virtual environment and local service data
+	rm -rf $(VENV) var

@@ -1,0 +1,110 @@
+from recsys.gateway.v1 import gateway_pb2 as _gateway_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class VectorRecord(_message.Message):
+    __slots__ = ("item_id", "vector", "categories")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    categories: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., categories: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Hit(_message.Message):
+    __slots__ = ("item_id", "score", "shared_categories")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    score: float
+    shared_categories: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., shared_categories: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UpsertVectorsRequest(_message.Message):
+    __slots__ = ("index", "records")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    index: str
+    records: _containers.RepeatedCompositeFieldContainer[VectorRecord]
+    def __init__(self, index: _Optional[str] = ..., records: _Optional[_Iterable[_Union[VectorRecord, _Mapping]]] = ...) -> None: ...
+
+class UpsertVectorsResponse(_message.Message):
+    __slots__ = ("upserted",)
+    UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    upserted: int
+    def __init__(self, upserted: _Optional[int] = ...) -> None: ...
+
+class DeleteVectorsRequest(_message.Message):
+    __slots__ = ("index", "item_ids")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    index: str
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, index: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteVectorsResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("index", "vector", "k", "filter")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    index: str
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    k: int
+    filter: _gateway_pb2.Filter
+    def __init__(self, index: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("hits",)
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
+
+class SearchSimilarRequest(_message.Message):
+    __slots__ = ("index", "item_id", "k", "filter")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    index: str
+    item_id: str
+    k: int
+    filter: _gateway_pb2.Filter
+    def __init__(self, index: _Optional[str] = ..., item_id: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ...) -> None: ...
+
+class SearchSimilarResponse(_message.Message):
+    __slots__ = ("hits",)
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
+
+class GetIndexStatsRequest(_message.Message):
+    __slots__ = ("index",)
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    index: str
+    def __init__(self, index: _Optional[str] = ...) -> None: ...
+
+class GetIndexStatsResponse(_message.Message):
+    __slots__ = ("size", "dimension", "kind", "generation")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    dimension: int
+    kind: str
+    generation: int
+    def __init__(self, size: _Optional[int] = ..., dimension: _Optional[int] = ..., kind: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...

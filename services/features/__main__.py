@@ -1,0 +1,47 @@
+"""python -m services.features: the item catalogue and text encoder service."""
+
+from __future__ import annotations
+
+import asyncio
+
+from recsys.features.v1 import features_pb2_grpc
+
+from services.features.catalog import Catalog
+from services.features.catalog_store import CatalogStore
+from services.features.config import FeaturesConfig
+from services.features.encoder import TextEncoder
+from services.features.servicer import FeaturesServicer
+from shared.server import GrpcService, ServiceBinding, run_main
+
+SERVICE_NAME = "recsys.features.v1.FeaturesService"
+
+
+def build(config: FeaturesConfig) -> GrpcService:
+    store = CatalogStore(config.data_dir / "catalog.sqlite3")
+    encoder = TextEncoder(batch_size=config.encode_batch_size, threads=config.torch_threads)
+    binding = ServiceBinding(
+        SERVICE_NAME,
+        features_pb2_grpc.add_FeaturesServiceServicer_to_server,
+        FeaturesServicer(Catalog(store, encoder)),
+    )
+
+    async def startup() -> None:
+        await asyncio.to_thread(encoder.load)
+
+    async def shutdown() -> None:
+        store.close()
+
+    return GrpcService("features", config.server, [binding], startup, shutdown)
+
+
+async def _serve(config: FeaturesConfig) -> None:
+    # Built inside the running loop: gRPC aio servers and channels belong to their loop.
+    await build(config).run_until_signal()
+
+
+def main() -> None:
+    run_main("features", FeaturesConfig.from_env, _serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.config import Env, ServerConfig, data_root
+
+PREFIX = "RECSYS_FEATURES_"
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    server: ServerConfig
+    data_dir: Path
+    encode_batch_size: int
+    torch_threads: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> FeaturesConfig:
+        env = Env(PREFIX, environ)
+        return cls(
+            server=ServerConfig.from_env(env, port=50052, metrics_port=9152),
+            data_dir=env.path("DATA_DIR", data_root(environ) / "features"),
+            encode_batch_size=env.integer("ENCODE_BATCH_SIZE", 64, minimum=1, maximum=4096),
+            torch_threads=env.integer("TORCH_THREADS", 0, minimum=0, maximum=256),
+        )

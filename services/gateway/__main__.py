@@ -1,0 +1,92 @@
+"""python -m services.gateway: the public API (recsys.gateway.v1.GatewayService)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from recsys.features.v1 import features_pb2_grpc
+from recsys.gateway.v1 import gateway_pb2_grpc
+from recsys.retrieval.v1 import retrieval_pb2_grpc
+
+from services.gateway.config import GatewayConfig
+from services.gateway.servicer import GatewayServicer
+from shared.clients import channel
+from shared.server import GrpcService, ServiceBinding, run_main
+
+SERVICE_NAME = "recsys.gateway.v1.GatewayService"
+DEPENDENCY_POLL_S = 1.0
+log = logging.getLogger(__name__)
+
+
+async def _serving(stub: health_pb2_grpc.HealthStub, timeout_s: float) -> bool:
+    try:
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+    except grpc.aio.AioRpcError:
+        return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class Gateway:
+    """The gateway's channels and its readiness: SERVING only while every service it
+    composes is."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.channels = [channel(config.features_address), channel(config.retrieval_address)]
+        servicer = GatewayServicer(
+            config,
+            features_pb2_grpc.FeaturesServiceStub(self.channels[0]),
+            retrieval_pb2_grpc.RetrievalServiceStub(self.channels[1]),
+        )
+        binding = ServiceBinding(
+            SERVICE_NAME, gateway_pb2_grpc.add_GatewayServiceServicer_to_server, servicer
+        )
+        self.service = GrpcService(
+            "gateway",
+            config.server,
+            [binding],
+            self.startup,
+            self.shutdown,
+            readiness_from_startup=False,
+        )
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def startup(self) -> None:
+        self._watcher = asyncio.create_task(self._watch_dependencies())
+
+    async def _watch_dependencies(self) -> None:
+        stubs = [health_pb2_grpc.HealthStub(c) for c in self.channels]
+        last: bool | None = None
+        while True:
+            checks = await asyncio.gather(*(_serving(s, self.config.call_timeout_s) for s in stubs))
+            ready = all(checks)
+            if ready != last:
+                log.info("dependencies", extra={"serving": ready})
+                await self.service.set_serving(ready)
+                last = ready
+            await asyncio.sleep(DEPENDENCY_POLL_S)
+
+    async def shutdown(self) -> None:
+        if self._watcher:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        for ch in self.channels:
+            await ch.close()
+
+
+async def _serve(config: GatewayConfig) -> None:
+    # Built inside the running loop: gRPC aio servers and channels belong to their loop.
+    await Gateway(config).service.run_until_signal()
+
+
+def main() -> None:
+    run_main("gateway", GatewayConfig.from_env, _serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shared.config import Env, ServerConfig
+
+PREFIX = "RECSYS_GATEWAY_"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    server: ServerConfig
+    features_address: str
+    retrieval_address: str
+    call_timeout_s: float  # reads and searches
+    write_timeout_s: float  # upserts: encoding a full batch of text takes seconds on a CPU
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+        env = Env(PREFIX, environ)
+        return cls(
+            server=ServerConfig.from_env(env, port=50051, metrics_port=9151),
+            features_address=env.address("FEATURES_ADDRESS", "127.0.0.1:50052"),
+            retrieval_address=env.address("RETRIEVAL_ADDRESS", "127.0.0.1:50053"),
+            call_timeout_s=env.number("CALL_TIMEOUT_S", 2.0, minimum=0.01),
+            write_timeout_s=env.number("WRITE_TIMEOUT_S", 120.0, minimum=0.1),
+        )

@@ -1,0 +1,66 @@
+"""python -m services.retrieval: nearest-neighbour search over item vectors (FAISS)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import faiss
+from recsys.retrieval.v1 import retrieval_pb2_grpc
+
+from services.retrieval.config import RetrievalConfig
+from services.retrieval.indexes import IndexRegistry
+from services.retrieval.servicer import RetrievalServicer
+from services.retrieval.vector_store import VectorStore
+from shared.server import GrpcService, ServiceBinding, run_main
+
+SERVICE_NAME = "recsys.retrieval.v1.RetrievalService"
+log = logging.getLogger(__name__)
+
+
+def build(config: RetrievalConfig) -> GrpcService:
+    faiss.omp_set_num_threads(config.faiss_threads)
+    store = VectorStore(config.data_dir / "vectors.sqlite3")
+    registry = IndexRegistry(store, config.data_dir / "snapshots", config.index)
+    binding = ServiceBinding(
+        SERVICE_NAME,
+        retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server,
+        RetrievalServicer(registry),
+    )
+    snapshots: list[asyncio.Task[None]] = []
+
+    async def snapshot_periodically() -> None:
+        while True:
+            await asyncio.sleep(config.snapshot_interval_s)
+            try:
+                await registry.snapshot()
+            except OSError:
+                log.exception("snapshot failed; the vector store still holds every write")
+
+    async def startup() -> None:
+        await asyncio.to_thread(registry.restore)
+        snapshots.append(asyncio.create_task(snapshot_periodically()))
+
+    async def shutdown() -> None:
+        for task in snapshots:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await registry.snapshot()
+        store.close()
+
+    return GrpcService("retrieval", config.server, [binding], startup, shutdown)
+
+
+async def _serve(config: RetrievalConfig) -> None:
+    # Built inside the running loop: gRPC aio servers and channels belong to their loop.
+    await build(config).run_until_signal()
+
+
+def main() -> None:
+    run_main("retrieval", RetrievalConfig.from_env, _serve)
+
+
+if __name__ == "__main__":
+    main()

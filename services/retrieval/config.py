@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.retrieval.vector_index import IndexSettings
+from shared.config import Env, ServerConfig, data_root
+
+PREFIX = "RECSYS_RETRIEVAL_"
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    server: ServerConfig
+    data_dir: Path
+    index: IndexSettings
+    snapshot_interval_s: float
+    faiss_threads: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RetrievalConfig:
+        env = Env(PREFIX, environ)
+        defaults = IndexSettings()
+        return cls(
+            server=ServerConfig.from_env(env, port=50053, metrics_port=9153),
+            data_dir=env.path("DATA_DIR", data_root(environ) / "retrieval"),
+            index=IndexSettings(
+                hnsw_threshold=env.integer("HNSW_THRESHOLD", defaults.hnsw_threshold, minimum=1),
+                hnsw_m=env.integer("HNSW_M", defaults.hnsw_m, minimum=4, maximum=256),
+                hnsw_ef_construction=env.integer(
+                    "HNSW_EF_CONSTRUCTION", defaults.hnsw_ef_construction, minimum=8
+                ),
+                hnsw_ef_search=env.integer("HNSW_EF_SEARCH", defaults.hnsw_ef_search, minimum=8),
+                brute_force_limit=env.integer("BRUTE_FORCE_LIMIT", defaults.brute_force_limit),
+            ),
+            snapshot_interval_s=env.number("SNAPSHOT_INTERVAL_S", 30.0, minimum=0.1),
+            # One thread a query keeps tail latency low when many callers search at once.
+            faiss_threads=env.integer("FAISS_THREADS", 1, minimum=1, maximum=256),
+        )

@@ -1,0 +1,219 @@
+"""The retrieval domain: named vector indexes, durable in the vector store, searched in
+memory, snapshotted to disk and swapped whole when rebuilt.
+
+Writes are serialised (one at a time, in generation order); searches never wait for
+them. A rebuild runs in a worker thread while searches keep using the old index, then
+the new one replaces it in one assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from services.retrieval.vector_index import Hit, IndexSettings, VectorIndex
+from services.retrieval.vector_store import VectorStore
+from shared.catalog import (
+    CONTENT_INDEX,
+    ItemFilter,
+    validate_batch_size,
+    validate_id,
+    validate_ids,
+    validate_k,
+)
+from shared.errors import InvalidArgument, NotFound
+
+log = logging.getLogger(__name__)
+
+_INDEX_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Record:
+    item_id: str
+    vector: Sequence[float]
+    categories: Sequence[str]
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    size: int
+    dimension: int
+    kind: str
+    generation: int
+
+
+def index_name(name: str, field_name: str = "index") -> str:
+    name = name or CONTENT_INDEX
+    if not _INDEX_NAME.match(name):
+        raise InvalidArgument(field_name, "must be 1-64 characters of A-Z a-z 0-9 _ . -")
+    return name
+
+
+def _as_matrix(records: Sequence[Record], dimension: int | None) -> np.ndarray:
+    for i, record in enumerate(records):
+        field = f"records[{i}].vector"
+        if not record.vector:
+            raise InvalidArgument(field, "must not be empty")
+        wanted = dimension or len(records[0].vector)
+        if len(record.vector) != wanted:
+            raise InvalidArgument(field, f"has dimension {len(record.vector)}, expected {wanted}")
+    matrix = np.asarray([r.vector for r in records], dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+    if len(bad):
+        raise InvalidArgument(f"records[{bad[0]}].vector", "must contain only finite numbers")
+    return matrix
+
+
+class IndexRegistry:
+    def __init__(self, store: VectorStore, snapshot_dir: Path, settings: IndexSettings) -> None:
+        self.store = store
+        self.snapshot_dir = snapshot_dir
+        self.settings = settings
+        self._indexes: dict[str, VectorIndex] = {}
+        self._snapshot_generation: dict[str, int] = {}
+        self._writes = asyncio.Lock()
+
+    # ---- start-up and snapshots -------------------------------------------------------
+
+    def restore(self) -> None:
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        for name, (dimension, generation) in self.store.indexes().items():
+            index = self._load_snapshot(name, generation)
+            if index is None:
+                index = self._rebuild_from_store(name, dimension, generation)
+            self._indexes[name] = index
+            log.info(
+                "index restored", extra={"index": name, "size": len(index), "kind": index.kind}
+            )
+
+    def _paths(self, name: str) -> tuple[Path, Path]:
+        return self.snapshot_dir / f"{name}.faiss", self.snapshot_dir / f"{name}.json"
+
+    def _load_snapshot(self, name: str, generation: int) -> VectorIndex | None:
+        faiss_path, meta_path = self._paths(name)
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("generation") != generation:
+                return None
+            index = VectorIndex.restore(faiss.read_index(str(faiss_path)), meta, self.settings)
+        except (OSError, ValueError, RuntimeError) as error:
+            log.info("snapshot unusable, rebuilding", extra={"index": name, "why": str(error)})
+            return None
+        self._snapshot_generation[name] = generation
+        return index
+
+    def _rebuild_from_store(self, name: str, dimension: int, generation: int) -> VectorIndex:
+        ids, vectors, categories = self.store.load(name)
+        index = VectorIndex(dimension, self.settings)
+        index.upsert(ids, vectors, categories)
+        if index.needs_rebuild():
+            index = index.rebuilt()
+        index.generation = generation
+        return index
+
+    async def snapshot(self) -> None:
+        """Writes a snapshot of every index changed since its last one."""
+        async with self._writes:
+            for name, index in list(self._indexes.items()):
+                if self._snapshot_generation.get(name) != index.generation:
+                    await asyncio.to_thread(self._write_snapshot, name, index)
+                    self._snapshot_generation[name] = index.generation
+
+    def _write_snapshot(self, name: str, index: VectorIndex) -> None:
+        faiss_path, meta_path = self._paths(name)
+        structure, meta = index.snapshot()
+        faiss.write_index(structure, str(faiss_path) + ".tmp")
+        meta_path.with_suffix(".tmp").write_text(json.dumps(meta))
+        os.replace(str(faiss_path) + ".tmp", faiss_path)
+        os.replace(meta_path.with_suffix(".tmp"), meta_path)
+
+    # ---- writes -----------------------------------------------------------------------
+
+    async def upsert(self, name: str, records: Sequence[Record]) -> int:
+        name = index_name(name)
+        validate_batch_size(len(records), "records")
+        for i, record in enumerate(records):
+            validate_id(record.item_id, f"records[{i}].item_id")
+        latest = list({r.item_id: r for r in records}.values())
+        async with self._writes:
+            current = self._indexes.get(name)
+            vectors = _as_matrix(latest, current.dimension if current else None)
+            ids = [r.item_id for r in latest]
+            categories = [list(r.categories) for r in latest]
+            generation = await asyncio.to_thread(
+                self.store.upsert, name, vectors.shape[1], ids, vectors, categories
+            )
+            index = current or VectorIndex(vectors.shape[1], self.settings)
+            index.upsert(ids, vectors, categories)
+            index.generation = generation
+            self._indexes[name] = index
+            await self._rebuild_if_needed(name, index)
+        return len(latest)
+
+    async def delete(self, name: str, item_ids: Sequence[str]) -> int:
+        name = index_name(name)
+        ids = validate_ids(item_ids)
+        async with self._writes:
+            index = self._indexes.get(name)
+            if index is None:
+                return 0
+            deleted, generation = await asyncio.to_thread(self.store.delete, name, ids)
+            index.delete(ids)
+            index.generation = generation
+            await self._rebuild_if_needed(name, index)
+        return deleted
+
+    async def _rebuild_if_needed(self, name: str, index: VectorIndex) -> None:
+        if index.needs_rebuild():
+            fresh = await asyncio.to_thread(index.rebuilt)
+            self._indexes[name] = fresh
+            log.info("index rebuilt", extra={"index": name, "size": len(fresh), "kind": fresh.kind})
+
+    # ---- reads ------------------------------------------------------------------------
+
+    def search(self, name: str, vector: Sequence[float], k: int, flt: ItemFilter) -> list[Hit]:
+        name = index_name(name)
+        validate_k(k)
+        index = self._indexes.get(name)
+        if index is None:
+            return []
+        if len(vector) != index.dimension:
+            raise InvalidArgument(
+                "vector", f"has dimension {len(vector)}, expected {index.dimension}"
+            )
+        query = np.asarray(vector, dtype=np.float32)
+        if not np.isfinite(query).all():
+            raise InvalidArgument("vector", "must contain only finite numbers")
+        return index.search(query, k, flt)
+
+    def similar(self, name: str, item_id: str, k: int, flt: ItemFilter) -> list[Hit]:
+        name = index_name(name)
+        validate_id(item_id, "item_id")
+        validate_k(k)
+        index = self._indexes.get(name)
+        query = index.vector_of(item_id) if index else None
+        if index is None or query is None:
+            raise NotFound(f"item_id: no item {item_id!r} in index {name!r}")
+        own = index.categories_of(item_id)
+        hits = index.search(query, k, flt, exclude=[item_id])
+        return [
+            Hit(h.item_id, h.score, tuple(sorted(own & index.categories_of(h.item_id))))
+            for h in hits
+        ]
+
+    def stats(self, name: str) -> IndexStats:
+        name = index_name(name)
+        index = self._indexes.get(name)
+        if index is None:
+            raise NotFound(f"index: no index {name!r}")
+        return IndexStats(len(index), index.dimension, index.kind, index.generation)

@@ -1,0 +1,59 @@
+"""gRPC face of the retrieval service."""
+
+from __future__ import annotations
+
+import grpc
+from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
+
+from services.retrieval.indexes import IndexRegistry, Record
+from services.retrieval.vector_index import Hit
+from shared.convert import filter_from_proto
+
+
+def _hits(hits: list[Hit]) -> list[retrieval_pb2.Hit]:
+    return [
+        retrieval_pb2.Hit(item_id=h.item_id, score=h.score, shared_categories=h.shared_categories)
+        for h in hits
+    ]
+
+
+class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
+    def __init__(self, registry: IndexRegistry) -> None:
+        self.registry = registry
+
+    async def UpsertVectors(
+        self, request: retrieval_pb2.UpsertVectorsRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.UpsertVectorsResponse:
+        records = [Record(r.item_id, r.vector, r.categories) for r in request.records]
+        upserted = await self.registry.upsert(request.index, records)
+        return retrieval_pb2.UpsertVectorsResponse(upserted=upserted)
+
+    async def DeleteVectors(
+        self, request: retrieval_pb2.DeleteVectorsRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.DeleteVectorsResponse:
+        deleted = await self.registry.delete(request.index, list(request.item_ids))
+        return retrieval_pb2.DeleteVectorsResponse(deleted=deleted)
+
+    async def Search(
+        self, request: retrieval_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.SearchResponse:
+        hits = self.registry.search(
+            request.index, request.vector, request.k, filter_from_proto(request.filter)
+        )
+        return retrieval_pb2.SearchResponse(hits=_hits(hits))
+
+    async def SearchSimilar(
+        self, request: retrieval_pb2.SearchSimilarRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.SearchSimilarResponse:
+        hits = self.registry.similar(
+            request.index, request.item_id, request.k, filter_from_proto(request.filter)
+        )
+        return retrieval_pb2.SearchSimilarResponse(hits=_hits(hits))
+
+    async def GetIndexStats(
+        self, request: retrieval_pb2.GetIndexStatsRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.GetIndexStatsResponse:
+        stats = self.registry.stats(request.index)
+        return retrieval_pb2.GetIndexStatsResponse(
+            size=stats.size, dimension=stats.dimension, kind=stats.kind, generation=stats.generation
+        )

@@ -1,0 +1,288 @@
+"""One searchable set of item vectors on FAISS, scored by inner product.
+
+Rows are appended to the FAISS index and never removed in place: a delete or a replacing
+upsert marks the old row dead, and searches only ever see live rows through an id
+selector. When dead rows pile up, or the live count crosses the approximate-search
+threshold, a fresh index is built from the live rows (`rebuilt`) and swapped in whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+from shared.catalog import ItemFilter
+
+FLAT = "flat"
+HNSW = "hnsw"
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    hnsw_threshold: int = 50_000  # live vectors from which search is approximate
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128
+    brute_force_limit: int = 20_000  # filtered HNSW searches this selective go exact
+
+
+@dataclass(frozen=True)
+class Hit:
+    item_id: str
+    score: float
+    shared_categories: tuple[str, ...] = ()
+
+
+def _new_faiss(kind: str, dimension: int, settings: IndexSettings) -> faiss.Index:
+    if kind == HNSW:
+        index = faiss.IndexHNSWFlat(dimension, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = settings.hnsw_ef_construction
+        index.hnsw.efSearch = settings.hnsw_ef_search
+        return index
+    return faiss.IndexFlatIP(dimension)
+
+
+class VectorIndex:
+    def __init__(self, dimension: int, settings: IndexSettings, kind: str = FLAT) -> None:
+        self.dimension = dimension
+        self.settings = settings
+        self.kind = kind
+        self.generation = 0
+        self._faiss = _new_faiss(kind, dimension, settings)
+        self._row_ids: list[str | None] = []  # None marks a dead row
+        self._row_categories: list[frozenset[str]] = []
+        self._rows: dict[str, int] = {}
+        self._alive = np.zeros(0, dtype=bool)  # by row; kept so a search's mask is one copy
+        self._category_rows: dict[str, set[int]] = {}
+        self._category_cache: dict[str, np.ndarray] = {}
+
+    # ---- size and state -------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._rows
+
+    @property
+    def dead_rows(self) -> int:
+        return len(self._row_ids) - len(self._rows)
+
+    def wanted_kind(self) -> str:
+        return HNSW if len(self) >= self.settings.hnsw_threshold else FLAT
+
+    def needs_rebuild(self) -> bool:
+        too_many_dead = self.dead_rows > max(1_000, len(self._row_ids) // 4)
+        return too_many_dead or (self.kind == FLAT and self.wanted_kind() == HNSW)
+
+    def live_entries(self) -> tuple[list[str], np.ndarray, list[frozenset[str]]]:
+        rows = sorted(self._rows.values())
+        ids = [self._row_ids[r] or "" for r in rows]
+        vectors = self._vectors(np.asarray(rows, dtype=np.int64))
+        return ids, vectors, [self._row_categories[r] for r in rows]
+
+    def rebuilt(self) -> VectorIndex:
+        """A compacted copy holding only live rows, of the kind its size calls for."""
+        ids, vectors, categories = self.live_entries()
+        fresh = VectorIndex(self.dimension, self.settings, self.wanted_kind())
+        fresh.upsert(ids, vectors, categories)
+        fresh.generation = self.generation
+        return fresh
+
+    # ---- mutation ---------------------------------------------------------------------
+
+    def upsert(
+        self, ids: Sequence[str], vectors: np.ndarray, categories: Sequence[Iterable[str]]
+    ) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+        changed = [
+            i for i, item_id in enumerate(ids) if self._differs(item_id, vectors[i], categories[i])
+        ]
+        if not changed:
+            return
+        self._kill([ids[i] for i in changed])
+        first_row = len(self._row_ids)
+        self._faiss.add(vectors[changed])
+        self._alive = np.concatenate([self._alive, np.ones(len(changed), dtype=bool)])
+        for offset, i in enumerate(changed):
+            row = first_row + offset
+            cats = frozenset(categories[i])
+            self._row_ids.append(ids[i])
+            self._row_categories.append(cats)
+            self._rows[ids[i]] = row
+            for category in cats:
+                self._category_rows.setdefault(category, set()).add(row)
+        self._category_cache.clear()
+
+    def delete(self, ids: Iterable[str]) -> int:
+        deleted = self._kill(ids)
+        self._category_cache.clear()
+        return deleted
+
+    def _differs(self, item_id: str, vector: np.ndarray, categories: Iterable[str]) -> bool:
+        row = self._rows.get(item_id)
+        if row is None:
+            return True
+        same_categories = self._row_categories[row] == frozenset(categories)
+        return not (same_categories and np.array_equal(self._faiss.reconstruct(row), vector))
+
+    def _kill(self, ids: Iterable[str]) -> int:
+        killed = 0
+        for item_id in ids:
+            row = self._rows.pop(item_id, None)
+            if row is None:
+                continue
+            self._row_ids[row] = None
+            self._alive[row] = False
+            for category in self._row_categories[row]:
+                self._category_rows[category].discard(row)
+            killed += 1
+        return killed
+
+    # ---- search -----------------------------------------------------------------------
+
+    def vector_of(self, item_id: str) -> np.ndarray | None:
+        row = self._rows.get(item_id)
+        return None if row is None else np.asarray(self._faiss.reconstruct(row))
+
+    def categories_of(self, item_id: str) -> frozenset[str]:
+        row = self._rows.get(item_id)
+        return frozenset() if row is None else self._row_categories[row]
+
+    def search(
+        self, query: np.ndarray, k: int, item_filter: ItemFilter, exclude: Iterable[str] = ()
+    ) -> list[Hit]:
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dimension)
+        excluded = set(exclude) | item_filter.exclude_item_ids
+        if self._only_few_excluded(item_filter, excluded):
+            # Cheaper than a selector: fetch a few extra and drop the excluded ones.
+            rows, scores = self._faiss_search(query, k + len(excluded), None)
+        else:
+            rows, scores = self._top_rows(query, k, self._mask(item_filter, excluded))
+        hits = [Hit(self._row_ids[r] or "", float(s)) for r, s in zip(rows, scores, strict=True)]
+        return [h for h in hits if h.item_id not in excluded][:k]
+
+    def _only_few_excluded(self, item_filter: ItemFilter, excluded: set[str]) -> bool:
+        return (
+            self.dead_rows == 0
+            and not item_filter.include_categories
+            and not item_filter.exclude_categories
+            and len(excluded) <= 16
+        )
+
+    def _top_rows(
+        self, query: np.ndarray, k: int, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if mask is None:
+            return self._faiss_search(query, k, None)
+        allowed = int(mask.sum())
+        if allowed == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if self.kind == HNSW and allowed <= self.settings.brute_force_limit:
+            return self._exact_over(query, k, np.flatnonzero(mask))
+        rows, scores = self._faiss_search(query, k, mask)
+        if len(rows) < min(k, allowed):  # a selective filter can starve the HNSW walk
+            return self._exact_over(query, k, np.flatnonzero(mask))
+        return rows, scores
+
+    def _faiss_search(
+        self, query: np.ndarray, k: int, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, len(self._row_ids))
+        if k == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        bits = None if mask is None else np.packbits(mask, bitorder="little")
+        params = None
+        if mask is not None or self.kind == HNSW:
+            params = self._search_params(k, bits, len(mask) if mask is not None else 0)
+        scores, rows = self._faiss.search(query, k, params=params)
+        del bits  # the selector points into it: it lives until the search returned
+        keep = rows[0] >= 0
+        return rows[0][keep], scores[0][keep]
+
+    def _search_params(self, k: int, bits: np.ndarray | None, rows: int) -> faiss.SearchParameters:
+        params: Any = faiss.SearchParameters()
+        if self.kind == HNSW:
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            params.efSearch = max(self.settings.hnsw_ef_search, k)
+        if bits is not None:
+            params.sel = faiss.IDSelectorBitmap(rows, faiss.swig_ptr(bits))
+        return params
+
+    def _exact_over(
+        self, query: np.ndarray, k: int, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        scores = self._vectors(rows) @ query[0]
+        top = min(k, len(rows))
+        best = np.argpartition(-scores, top - 1)[:top]
+        order = best[np.argsort(-scores[best], kind="stable")]
+        return rows[order], scores[order]
+
+    def _vectors(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return self._faiss.reconstruct_batch(rows)
+
+    def _mask(self, item_filter: ItemFilter, exclude_ids: set[str]) -> np.ndarray | None:
+        if item_filter.is_empty() and not exclude_ids and self.dead_rows == 0:
+            return None
+        mask = self._alive.copy()
+        if item_filter.include_categories:
+            wanted = np.zeros_like(mask)
+            for category in item_filter.include_categories:
+                wanted[self._rows_of(category)] = True
+            mask &= wanted
+        for category in item_filter.exclude_categories:
+            mask[self._rows_of(category)] = False
+        for item_id in exclude_ids:
+            row = self._rows.get(item_id)
+            if row is not None:
+                mask[row] = False
+        return mask
+
+    def _rows_of(self, category: str) -> np.ndarray:
+        cached = self._category_cache.get(category)
+        if cached is None:
+            rows = self._category_rows.get(category, set())
+            cached = np.fromiter(rows, dtype=np.int64, count=len(rows))
+            self._category_cache[category] = cached
+        return cached
+
+    # ---- persistence ------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[faiss.Index, dict[str, object]]:
+        meta = {
+            "dimension": self.dimension,
+            "kind": self.kind,
+            "generation": self.generation,
+            "row_ids": self._row_ids,
+            "row_categories": [sorted(c) for c in self._row_categories],
+        }
+        return self._faiss, meta
+
+    @classmethod
+    def restore(
+        cls, index: faiss.Index, meta: dict[str, object], settings: IndexSettings
+    ) -> VectorIndex:
+        restored = cls(int(str(meta["dimension"])), settings, str(meta["kind"]))
+        restored._faiss = index
+        restored.generation = int(str(meta["generation"]))
+        row_ids = meta["row_ids"]
+        row_categories = meta["row_categories"]
+        assert isinstance(row_ids, list) and isinstance(row_categories, list)
+        if index.ntotal != len(row_ids):
+            raise ValueError("snapshot rows do not match its FAISS index")
+        restored._row_ids = list(row_ids)
+        restored._row_categories = [frozenset(c) for c in row_categories]
+        restored._alive = np.array([i is not None for i in restored._row_ids], dtype=bool)
+        for row, item_id in enumerate(restored._row_ids):
+            if item_id is None:
+                continue
+            restored._rows[item_id] = row
+            for category in restored._row_categories[row]:
+                restored._category_rows.setdefault(category, set()).add(row)
+        return restored

@@ -1,0 +1,173 @@
+"""Runs the whole suite as local processes on loopback: each service in its own process,
+started in dependency order, stopped with SIGTERM (then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared.config import DEFAULT_HOST, Env, data_root
+
+# Start order: the gateway last, since it is ready only once the others are.
+SERVICES = ("features", "retrieval", "gateway")
+DEFAULT_PORTS = {"gateway": 50051, "features": 50052, "retrieval": 50053}
+DEFAULT_METRICS_PORTS = {"gateway": 9151, "features": 9152, "retrieval": 9153}
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    data_dir: Path
+    host: str = DEFAULT_HOST
+    ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    metrics_ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
+    log_dir: Path | None = None  # None: services log to this process's stderr
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SuiteSpec:
+        ports = {
+            s: Env(f"RECSYS_{s.upper()}_", environ).integer("PORT", p, 1, 65535)
+            for s, p in DEFAULT_PORTS.items()
+        }
+        metrics = {
+            s: Env(f"RECSYS_{s.upper()}_", environ).integer("METRICS_PORT", p, 0, 65535)
+            for s, p in DEFAULT_METRICS_PORTS.items()
+        }
+        return cls(data_dir=data_root(environ), ports=ports, metrics_ports=metrics)
+
+    def address(self, service: str) -> str:
+        return f"{self.host}:{self.ports[service]}"
+
+    def with_log_dir(self, log_dir: Path) -> SuiteSpec:
+        return replace(self, log_dir=log_dir)
+
+    def env_for(self, service: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        prefix = f"RECSYS_{service.upper()}_"
+        env.update(
+            {
+                "RECSYS_DATA_DIR": str(self.data_dir),
+                f"{prefix}HOST": self.host,
+                f"{prefix}PORT": str(self.ports[service]),
+                f"{prefix}METRICS_PORT": str(self.metrics_ports[service]),
+                f"{prefix}DATA_DIR": str(self.data_dir / service),
+            }
+        )
+        if service == "gateway":
+            env["RECSYS_GATEWAY_FEATURES_ADDRESS"] = self.address("features")
+            env["RECSYS_GATEWAY_RETRIEVAL_ADDRESS"] = self.address("retrieval")
+        return env
+
+
+def is_serving(address: str, timeout_s: float = 1.0) -> bool:
+    with grpc.insecure_channel(address) as ch:
+        try:
+            reply = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+            )
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class SuiteError(RuntimeError):
+    pass
+
+
+class Suite:
+    """The suite's processes. Use as a context manager, or start()/stop()."""
+
+    def __init__(self, spec: SuiteSpec, stop_grace_s: float = 20.0) -> None:
+        self.spec = spec
+        self.stop_grace_s = stop_grace_s
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
+
+    def __enter__(self) -> Suite:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, ready_timeout_s: float = 180.0) -> None:
+        try:
+            for service in SERVICES:
+                self.start_service(service)
+            for service in SERVICES:
+                self.wait_ready(service, ready_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_service(self, service: str) -> subprocess.Popen[bytes]:
+        output: IO[bytes] | None = None
+        if self.spec.log_dir is not None:
+            self.spec.log_dir.mkdir(parents=True, exist_ok=True)
+            output = open(self.spec.log_dir / f"{service}.log", "ab")  # noqa: SIM115
+            self._logs.append(output)
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{service}"],
+            env=self.spec.env_for(service),
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+            # Own session: Ctrl-C reaches only the launcher, which stops services in order.
+            start_new_session=True,
+        )
+        self.processes[service] = process
+        return process
+
+    def wait_ready(self, service: str, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        address = self.spec.address(service)
+        while time.monotonic() < deadline:
+            process = self.processes.get(service)
+            if process is not None and process.poll() is not None:
+                raise SuiteError(f"{service} exited with code {process.returncode} while starting")
+            if is_serving(address):
+                return
+            time.sleep(0.2)
+        raise SuiteError(f"{service} at {address} not serving after {timeout_s:.0f}s")
+
+    def kill(self, service: str) -> None:
+        """SIGKILL, as a crash would: nothing gets a chance to flush."""
+        process = self.processes.pop(service)
+        process.kill()
+        process.wait()
+
+    def stop_service(self, service: str) -> int:
+        process = self.processes.pop(service)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(self.stop_grace_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def stop(self) -> dict[str, int]:
+        """Stops the gateway first, so no call arrives at a service that is going away."""
+        codes = {s: self.stop_service(s) for s in reversed(SERVICES) if s in self.processes}
+        for log_file in self._logs:
+            log_file.close()
+        self._logs.clear()
+        return codes
+
+    def first_exited(self) -> str | None:
+        for service, process in self.processes.items():
+            if process.poll() is not None:
+                return service
+        return None

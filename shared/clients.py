@@ -1,0 +1,29 @@
+"""Outbound gRPC: channels with sane options and deadlines on every call."""
+
+from __future__ import annotations
+
+import grpc
+
+from shared.server import MAX_MESSAGE_BYTES
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.enable_retries", 1),
+            ("grpc.keepalive_time_ms", 30_000),
+        ],
+    )
+
+
+def deadline(context: grpc.aio.ServicerContext | None, budget_s: float) -> float:
+    """The timeout for a downstream call: our budget, never past the caller's own deadline."""
+    if context is None:
+        return budget_s
+    remaining = context.time_remaining()
+    if remaining is None:
+        return budget_s
+    return max(0.001, min(budget_s, remaining))

@@ -1,0 +1,91 @@
+"""Config from prefixed environment variables, with defaults that run on one machine.
+
+Every service reads a frozen dataclass at start; a bad value stops the service with a
+message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_DATA_DIR = "var"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Env:
+    """Reads `<PREFIX><NAME>` variables, e.g. Env("RECSYS_GATEWAY_").integer("PORT", 50051)."""
+
+    def __init__(self, prefix: str, environ: Mapping[str, str] | None = None) -> None:
+        self.prefix = prefix
+        self._environ = os.environ if environ is None else environ
+
+    def _raw(self, name: str) -> str | None:
+        value = self._environ.get(self.prefix + name)
+        return None if value is None or value.strip() == "" else value.strip()
+
+    def string(self, name: str, default: str) -> str:
+        value = self._raw(name)
+        return default if value is None else value
+
+    def integer(self, name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> int:
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            parsed = int(value)
+        except ValueError:
+            raise ConfigError(f"{self.prefix}{name}={value!r} is not an integer") from None
+        if not minimum <= parsed <= maximum:
+            raise ConfigError(f"{self.prefix}{name}={parsed} is outside [{minimum}, {maximum}]")
+        return parsed
+
+    def number(self, name: str, default: float, minimum: float = 0.0) -> float:
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            parsed = float(value)
+        except ValueError:
+            raise ConfigError(f"{self.prefix}{name}={value!r} is not a number") from None
+        if not parsed >= minimum:
+            raise ConfigError(f"{self.prefix}{name}={parsed} is below {minimum}")
+        return parsed
+
+    def path(self, name: str, default: Path) -> Path:
+        return Path(self.string(name, str(default))).expanduser()
+
+    def address(self, name: str, default: str) -> str:
+        value = self.string(name, default)
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"{self.prefix}{name}={value!r} is not host:port")
+        return value
+
+
+def data_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The suite-wide data directory (RECSYS_DATA_DIR), under which each service has a folder."""
+    return Env("RECSYS_", environ).path("DATA_DIR", Path(DEFAULT_DATA_DIR))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    metrics_port: int  # 0 turns the metrics endpoint off
+    grace_s: float
+
+    @classmethod
+    def from_env(cls, env: Env, port: int, metrics_port: int) -> ServerConfig:
+        return cls(
+            host=env.string("HOST", DEFAULT_HOST),
+            port=env.integer("PORT", port, minimum=0, maximum=65535),
+            metrics_port=env.integer("METRICS_PORT", metrics_port, minimum=0, maximum=65535),
+            grace_s=env.number("SHUTDOWN_GRACE_S", 10.0),
+        )

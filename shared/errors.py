@@ -1,0 +1,39 @@
+"""Domain errors. Servicers map them to gRPC status codes; domain modules never import grpc."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base for errors a caller can act on; the message is shown to the caller."""
+
+    status_name = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServiceError):
+    """Bad input. The message starts with the offending field, e.g. `items[3].item_id`."""
+
+    status_name = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class NotFound(ServiceError):
+    status_name = "NOT_FOUND"
+
+
+class FailedPrecondition(ServiceError):
+    status_name = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(ServiceError):
+    status_name = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(ServiceError):
+    status_name = "UNAVAILABLE"

@@ -1,0 +1,163 @@
+"""One server interceptor for every service: structured logs, Prometheus metrics and the
+mapping of errors to status codes, so no handler ever answers UNKNOWN."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+
+from shared.errors import ServiceError
+from shared.metrics import RPC_HANDLED, RPC_LATENCY, RPC_STARTED
+
+log = logging.getLogger("shared.rpc")
+
+# Codes from a downstream service that the caller should see as they are; anything else
+# from downstream (deadline, unavailable) means this service cannot answer now.
+_PASSTHROUGH_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.OUT_OF_RANGE,
+}
+# Successful calls are counted in metrics; a log line each would cost more than the search.
+_LOG_LEVELS = {
+    grpc.StatusCode.OK: logging.DEBUG,
+    grpc.StatusCode.CANCELLED: logging.DEBUG,
+    grpc.StatusCode.INVALID_ARGUMENT: logging.INFO,
+    grpc.StatusCode.NOT_FOUND: logging.INFO,
+    grpc.StatusCode.INTERNAL: logging.ERROR,
+}
+_QUIET_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
+
+
+def status_of(error: ServiceError) -> grpc.StatusCode:
+    return grpc.StatusCode[error.status_name]
+
+
+def _split(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
+
+
+class _Call:
+    """Bookkeeping for one RPC: the code it ends with, its log line and metrics."""
+
+    def __init__(self, method: str) -> None:
+        self.service, self.method = _split(method)
+        self.code = grpc.StatusCode.OK
+        self.started = time.perf_counter()
+        RPC_STARTED.labels(self.service, self.method).inc()
+
+    async def fail(self, context: grpc.aio.ServicerContext, error: BaseException) -> None:
+        """Records the error's status and aborts the call with it (abort raises)."""
+        if isinstance(error, ServiceError):
+            self.code, message = status_of(error), error.message
+        elif isinstance(error, grpc.aio.AioRpcError):
+            self.code, message = self._downstream(error)
+        else:
+            log.error("unhandled error", extra={"method": self.method}, exc_info=error)
+            self.code, message = grpc.StatusCode.INTERNAL, "internal error"
+        await context.abort(self.code, message)
+
+    @staticmethod
+    def _downstream(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
+        if error.code() in _PASSTHROUGH_CODES:
+            return error.code(), error.details() or ""
+        return grpc.StatusCode.UNAVAILABLE, f"a dependency failed: {error.code().name}"
+
+    def finish(self, context: grpc.aio.ServicerContext) -> None:
+        elapsed = time.perf_counter() - self.started
+        if self.code == grpc.StatusCode.OK:
+            self.code = context.code() or grpc.StatusCode.OK  # set by a handler's own abort
+        RPC_HANDLED.labels(self.service, self.method, self.code.name).inc()
+        RPC_LATENCY.labels(self.service, self.method, self.code.name).observe(elapsed)
+        level = _LOG_LEVELS.get(self.code, logging.WARNING)
+        if self.service in _QUIET_SERVICES:
+            level = logging.DEBUG
+        if log.isEnabledFor(level):
+            fields = {"method": self.method, "code": self.code.name, "ms": round(elapsed * 1e3, 3)}
+            log.log(level, "rpc", extra=fields)
+
+
+def _wrap_single(
+    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], method: str
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        call = _Call(method)
+        try:
+            return await behavior(request, context)
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:  # noqa: BLE001 - mapped to a status, never UNKNOWN
+            await call.fail(context, error)
+        finally:
+            call.finish(context)
+
+    return wrapped
+
+
+def _wrap_stream(
+    behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]], method: str
+) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        call = _Call(method)
+        try:
+            responses = behavior(request, context)
+            if inspect.isasyncgen(responses):
+                async for response in responses:
+                    yield response
+            else:  # a handler that streams with context.write(), like health's Watch
+                await cast(Awaitable[None], responses)
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            await call.fail(context, error)
+        finally:
+            call.finish(context)
+
+    return wrapped
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_single(handler.unary_unary, method), **codec
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_single(handler.stream_unary, method), **codec
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method), **codec
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(handler.stream_stream, method), **codec
+        )

@@ -1,0 +1,258 @@
+"""The whole suite started as a user starts it (`recsys up`), called over gRPC."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+from services.suite.client import GatewayClient
+from services.suite.movielens import load_movies
+from shared.catalog import Item
+from tests.conftest import HOST, free_port, wait_serving
+
+TOY_STORY, TOY_STORY_2, TOY_STORY_3, JUMANJI = "1", "3114", "78499", "2"
+RECSYS = str(Path(sys.executable).parent / "recsys")
+
+
+def catalogue() -> list[Item]:
+    """A slice of the shipped MovieLens catalogue that holds the Toy Story films."""
+    movies = load_movies()
+    wanted = {TOY_STORY_2, TOY_STORY_3}
+    return [m for n, m in enumerate(movies) if n < 400 or m.item_id in wanted]
+
+
+class UserSuite:
+    """`recsys up` in its own process, on free loopback ports, with its own data."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.env = dict(os.environ, RECSYS_DATA_DIR=str(data_dir))
+        for service in ("GATEWAY", "FEATURES", "RETRIEVAL"):
+            self.env[f"RECSYS_{service}_PORT"] = str(free_port())
+            self.env[f"RECSYS_{service}_METRICS_PORT"] = "0"
+        self.gateway = f"{HOST}:{self.env['RECSYS_GATEWAY_PORT']}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> UserSuite:
+        self.process = subprocess.Popen([RECSYS, "up"], env=self.env)
+        wait_serving(self.gateway, self.process)
+        return self
+
+    def stub(self) -> gateway_pb2_grpc.GatewayServiceStub:
+        return gateway_pb2_grpc.GatewayServiceStub(grpc.insecure_channel(self.gateway))
+
+    def client(self) -> GatewayClient:
+        return GatewayClient(self.gateway)
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(60)
+
+    def kill_everything(self) -> None:
+        """SIGKILL the launcher and every service it started, as a power cut would."""
+        assert self.process is not None
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for child in children:
+            os.kill(int(child), signal.SIGKILL)
+        self.process.kill()
+        self.process.wait(30)
+        for child in children:
+            while _state(child) != "Z":  # dead (a zombie, or gone) before anyone restarts
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.terminate()
+
+
+def _state(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserSuite]:
+    running = UserSuite(tmp_path_factory.mktemp("suite")).start()
+    client = running.client()
+    for start in range(0, len(catalogue()), 256):
+        client.upsert(catalogue()[start : start + 256])
+    yield running
+    assert running.terminate() == 0
+
+
+def ids(items: list[gateway_pb2.ScoredItem]) -> list[str]:
+    return [i.item_id for i in items]
+
+
+def test_similar_items_to_toy_story_are_its_sequels(suite: UserSuite) -> None:
+    similar = ids(suite.client().similar(TOY_STORY, k=5))
+    assert TOY_STORY not in similar
+    assert similar[0] == TOY_STORY_2 and TOY_STORY_3 in similar
+
+
+def test_similar_items_respects_category_filters(suite: UserSuite) -> None:
+    reply = suite.stub().SimilarItems(
+        gateway_pb2.SimilarItemsRequest(
+            item_id=TOY_STORY,
+            k=20,
+            filter=gateway_pb2.Filter(exclude_categories=["Animation"], exclude_item_ids=[JUMANJI]),
+        ),
+        timeout=5,
+    )
+    found = ids(list(reply.items))
+    items = suite.stub().GetItems(gateway_pb2.GetItemsRequest(item_ids=found), timeout=5).items
+    assert len(found) == 20 and JUMANJI not in found
+    assert all("Animation" not in item.categories for item in items)
+
+
+def test_get_items_returns_items_in_request_order(suite: UserSuite) -> None:
+    reply = suite.stub().GetItems(gateway_pb2.GetItemsRequest(item_ids=["2", "1"]), timeout=5)
+    assert [i.title for i in reply.items] == ["Jumanji (1995)", "Toy Story (1995)"]
+    assert list(reply.items[1].categories)[:2] == ["Adventure", "Animation"]
+
+
+def test_deleted_item_never_comes_back_in_results(suite: UserSuite) -> None:
+    stub = suite.stub()
+    stub.UpsertItems(
+        gateway_pb2.UpsertItemsRequest(
+            items=[
+                gateway_pb2.Item(
+                    item_id="tmp", title="Toy Story 4 (2019)", categories=["Animation"]
+                )
+            ]
+        ),
+        timeout=60,
+    )
+    assert "tmp" in ids(suite.client().similar(TOY_STORY, k=5))
+    assert (
+        stub.DeleteItems(
+            gateway_pb2.DeleteItemsRequest(item_ids=["tmp", "never"]), timeout=5
+        ).deleted
+        == 1
+    )
+    assert "tmp" not in ids(suite.client().similar(TOY_STORY, k=50))
+    with pytest.raises(grpc.RpcError) as error:
+        stub.GetItems(gateway_pb2.GetItemsRequest(item_ids=["tmp"]), timeout=5)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_duplicate_ids_in_one_upsert_keep_the_last(suite: UserSuite) -> None:
+    stub = suite.stub()
+    items = [
+        gateway_pb2.Item(item_id="dup", title="first"),
+        gateway_pb2.Item(item_id="dup", title="last"),
+    ]
+    assert stub.UpsertItems(gateway_pb2.UpsertItemsRequest(items=items), timeout=60).upserted == 1
+    reply = stub.GetItems(gateway_pb2.GetItemsRequest(item_ids=["dup"]), timeout=5)
+    assert reply.items[0].title == "last"
+
+
+BAD_REQUESTS = [
+    ("UpsertItems", gateway_pb2.UpsertItemsRequest(), "items"),
+    (
+        "UpsertItems",
+        gateway_pb2.UpsertItemsRequest(items=[gateway_pb2.Item(item_id="ok"), gateway_pb2.Item()]),
+        "items[1].item_id",
+    ),
+    (
+        "UpsertItems",
+        gateway_pb2.UpsertItemsRequest(items=[gateway_pb2.Item(item_id="x" * 300)]),
+        "items[0].item_id",
+    ),
+    (
+        "UpsertItems",
+        gateway_pb2.UpsertItemsRequest(items=[gateway_pb2.Item(item_id="a", title="t" * 1001)]),
+        "items[0].title",
+    ),
+    (
+        "UpsertItems",
+        gateway_pb2.UpsertItemsRequest(
+            items=[gateway_pb2.Item(item_id=str(i)) for i in range(1001)]
+        ),
+        "items",
+    ),
+    ("DeleteItems", gateway_pb2.DeleteItemsRequest(item_ids=["a", ""]), "item_ids[1]"),
+    ("GetItems", gateway_pb2.GetItemsRequest(), "item_ids"),
+    ("SimilarItems", gateway_pb2.SimilarItemsRequest(item_id="", k=5), "item_id"),
+    ("SimilarItems", gateway_pb2.SimilarItemsRequest(item_id=TOY_STORY, k=0), "k"),
+    ("SimilarItems", gateway_pb2.SimilarItemsRequest(item_id=TOY_STORY, k=1001), "k"),
+    (
+        "SimilarItems",
+        gateway_pb2.SimilarItemsRequest(
+            item_id=TOY_STORY, k=5, filter=gateway_pb2.Filter(exclude_item_ids=[""])
+        ),
+        "filter.exclude_item_ids[0]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "request_message", "field"), BAD_REQUESTS)
+def test_bad_input_is_invalid_argument_naming_the_field(
+    suite: UserSuite, method: str, request_message: object, field: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        getattr(suite.stub(), method)(request_message, timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith(f"{field}: ")
+
+
+def test_rejected_batch_writes_nothing(suite: UserSuite) -> None:
+    stub = suite.stub()
+    batch = [
+        gateway_pb2.Item(item_id="half-ok", title="fine"),
+        gateway_pb2.Item(item_id="b", title="t" * 2000),
+    ]
+    with pytest.raises(grpc.RpcError):
+        stub.UpsertItems(gateway_pb2.UpsertItemsRequest(items=batch), timeout=60)
+    reply = stub.GetItems(
+        gateway_pb2.GetItemsRequest(item_ids=["half-ok"], allow_missing=True), timeout=5
+    )
+    assert list(reply.missing_item_ids) == ["half-ok"]
+
+
+def test_similar_items_of_unknown_item_is_not_found(suite: UserSuite) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        suite.stub().SimilarItems(gateway_pb2.SimilarItemsRequest(item_id="nope", k=5), timeout=5)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_restart_after_sigterm_keeps_the_catalogue(tmp_path: Path) -> None:
+    first = UserSuite(tmp_path).start()
+    first.client().upsert(catalogue()[:50] + [m for m in catalogue() if m.item_id == TOY_STORY_2])
+    before = ids(first.client().similar(TOY_STORY, k=10))
+    assert first.terminate() == 0
+    second = UserSuite(tmp_path).start()
+    try:
+        assert ids(second.client().similar(TOY_STORY, k=10)) == before
+        assert second.client().titles([TOY_STORY_2]) == {TOY_STORY_2: "Toy Story 2 (1999)"}
+    finally:
+        second.stop()
+
+
+def test_acknowledged_upserts_and_deletes_survive_sigkill_of_every_process(tmp_path: Path) -> None:
+    first = UserSuite(tmp_path).start()
+    movies = catalogue()[:120]
+    first.client().upsert(movies)
+    first.stub().DeleteItems(gateway_pb2.DeleteItemsRequest(item_ids=[JUMANJI]), timeout=5)
+    first.kill_everything()
+    second = UserSuite(tmp_path).start()
+    try:
+        client = second.client()
+        found = client.titles([m.item_id for m in movies])
+        assert set(found) == {m.item_id for m in movies} - {JUMANJI}
+        assert JUMANJI not in ids(client.similar(TOY_STORY, k=200))
+        assert len(client.similar(TOY_STORY, k=200)) == 118
+    finally:
+        second.stop()

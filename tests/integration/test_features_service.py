@@ -1,0 +1,82 @@
+"""The features service as a real process with the real all-MiniLM-L6-v2 encoder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from recsys.features.v1 import features_pb2, features_pb2_grpc
+from recsys.gateway.v1 import gateway_pb2
+
+from tests.conftest import ServiceProcess
+
+MOVIES = [
+    gateway_pb2.Item(item_id="1", title="Toy Story (1995)", categories=["Animation", "Children"]),
+    gateway_pb2.Item(item_id="2", title="Toy Story 2 (1999)", categories=["Animation", "Children"]),
+    gateway_pb2.Item(item_id="3", title="The Godfather (1972)", categories=["Crime", "Drama"]),
+]
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    service = ServiceProcess("features", tmp_path_factory.mktemp("features")).start()
+    yield service
+    service.stop()
+
+
+def stub_of(service: ServiceProcess) -> features_pb2_grpc.FeaturesServiceStub:
+    return features_pb2_grpc.FeaturesServiceStub(service.channel())
+
+
+def upsert(
+    service: ServiceProcess, items: list[gateway_pb2.Item]
+) -> features_pb2.UpsertItemsResponse:
+    return stub_of(service).UpsertItems(features_pb2.UpsertItemsRequest(items=items), timeout=60)
+
+
+def test_upsert_returns_unit_vectors_that_place_sequels_together(features: ServiceProcess) -> None:
+    reply = upsert(features, MOVIES)
+    vectors = {v.item_id: np.asarray(v.vector) for v in reply.vectors}
+    assert reply.upserted == 3 and reply.encoder == "all-MiniLM-L6-v2"
+    assert all(v.shape == (384,) and abs(np.linalg.norm(v) - 1) < 1e-4 for v in vectors.values())
+    assert vectors["1"] @ vectors["2"] > vectors["1"] @ vectors["3"]
+
+
+def test_unchanged_text_reuses_the_stored_encoding(features: ServiceProcess) -> None:
+    upsert(features, MOVIES)
+    changed = gateway_pb2.Item(item_id="3", title="The Godfather Part II (1974)")
+    reply = upsert(features, [MOVIES[0], changed])
+    assert reply.reused_encodings == 1
+
+
+def test_batch_with_one_bad_item_is_rejected_whole(features: ServiceProcess) -> None:
+    batch = [
+        gateway_pb2.Item(item_id="new-ok", title="fine"),
+        gateway_pb2.Item(item_id="", title="x"),
+    ]
+    with pytest.raises(grpc.RpcError) as error:
+        upsert(features, batch)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith("items[1].item_id")
+    found = stub_of(features).GetItems(
+        features_pb2.GetItemsRequest(item_ids=["new-ok"], allow_missing=True), timeout=5
+    )
+    assert list(found.missing_item_ids) == ["new-ok"]
+
+
+def test_catalogue_and_encodings_survive_sigkill(tmp_path: Path) -> None:
+    service = ServiceProcess("features", tmp_path).start()
+    upsert(service, MOVIES)
+    service.kill()
+    restarted = ServiceProcess("features", tmp_path).start()
+    try:
+        found = stub_of(restarted).GetItems(
+            features_pb2.GetItemsRequest(item_ids=["3", "1"]), timeout=5
+        )
+        assert [i.title for i in found.items] == ["The Godfather (1972)", "Toy Story (1995)"]
+        assert upsert(restarted, MOVIES).reused_encodings == 3
+    finally:
+        restarted.stop()

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.retrieval.vector_index import HNSW, IndexSettings, VectorIndex
+from shared.catalog import ItemFilter
+
+DIM = 32
+
+
+def unit_vectors(count: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(count, DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def filled_index(
+    count: int, settings: IndexSettings | None = None
+) -> tuple[VectorIndex, np.ndarray]:
+    vectors = unit_vectors(count)
+    index = VectorIndex(DIM, settings or IndexSettings())
+    ids = [f"i{n}" for n in range(count)]
+    categories = [["even" if n % 2 == 0 else "odd", f"tens{n // 10}"] for n in range(count)]
+    index.upsert(ids, vectors, categories)
+    return index, vectors
+
+
+def exact_top(vectors: np.ndarray, query: np.ndarray, k: int, allowed: list[int]) -> list[str]:
+    scores = vectors[allowed] @ query
+    return [f"i{allowed[i]}" for i in np.argsort(-scores)[:k]]
+
+
+def test_search_matches_exact_inner_product_ranking_when_index_is_flat() -> None:
+    index, vectors = filled_index(500)
+    hits = index.search(vectors[7], 10, ItemFilter())
+    assert [h.item_id for h in hits] == exact_top(vectors, vectors[7], 10, list(range(500)))
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_search_never_returns_deleted_items() -> None:
+    index, vectors = filled_index(200)
+    assert index.delete(["i7", "i8", "missing"]) == 2
+    found = {h.item_id for h in index.search(vectors[7], 200, ItemFilter())}
+    assert "i7" not in found and "i8" not in found
+    assert len(found) == 198
+
+
+def test_upsert_replaces_vector_and_categories_of_an_existing_item() -> None:
+    index, vectors = filled_index(100)
+    index.upsert(["i1"], vectors[50:51] * -1, [["new"]])
+    hits = index.search(-vectors[50], 1, ItemFilter(include_categories=frozenset({"new"})))
+    assert [h.item_id for h in hits] == ["i1"]
+    assert len(index) == 100
+
+
+def test_filters_include_and_exclude_categories_and_ids() -> None:
+    index, vectors = filled_index(300)
+    flt = ItemFilter(
+        include_categories=frozenset({"even"}),
+        exclude_categories=frozenset({"tens0"}),
+        exclude_item_ids=frozenset({"i20"}),
+    )
+    hits = index.search(vectors[3], 300, flt)
+    allowed = [n for n in range(300) if n % 2 == 0 and n >= 10 and n != 20]
+    assert [h.item_id for h in hits] == exact_top(vectors, vectors[3], 300, allowed)
+
+
+def test_index_turns_approximate_and_keeps_recall_when_it_grows_past_threshold() -> None:
+    index, vectors = filled_index(2_000, IndexSettings(hnsw_threshold=1_000))
+    assert index.needs_rebuild()
+    index = index.rebuilt()
+    assert index.kind == HNSW
+    recall = []
+    for q in range(0, 2_000, 100):
+        truth = set(exact_top(vectors, vectors[q], 10, list(range(2_000))))
+        recall.append(len(truth & {h.item_id for h in index.search(vectors[q], 10, ItemFilter())}))
+    assert np.mean(recall) / 10 >= 0.95
+
+
+def test_selective_filter_on_hnsw_still_returns_exact_results() -> None:
+    settings = IndexSettings(hnsw_threshold=1_000, brute_force_limit=50)
+    index, vectors = filled_index(2_000, settings)
+    index = index.rebuilt()
+    flt = ItemFilter(include_categories=frozenset({"tens7"}))
+    hits = index.search(vectors[0], 5, flt)
+    assert [h.item_id for h in hits] == exact_top(vectors, vectors[0], 5, list(range(70, 80)))
+
+
+def test_rebuilt_index_drops_dead_rows_and_keeps_live_ones() -> None:
+    index, vectors = filled_index(100)
+    index.delete([f"i{n}" for n in range(50)])
+    fresh = index.rebuilt()
+    assert fresh.dead_rows == 0 and len(fresh) == 50
+    assert fresh.search(vectors[60], 1, ItemFilter())[0].item_id == "i60"
+
+
+def test_snapshot_restores_the_same_results() -> None:
+    index, vectors = filled_index(100)
+    index.delete(["i3"])
+    structure, meta = index.snapshot()
+    restored = VectorIndex.restore(structure, meta, IndexSettings())
+    assert restored.search(vectors[5], 10, ItemFilter()) == index.search(
+        vectors[5], 10, ItemFilter()
+    )
+    assert "i3" not in restored
+
+
+def test_search_leaves_out_excluded_ids_and_still_returns_k() -> None:
+    index, vectors = filled_index(100)
+    hits = index.search(vectors[4], 5, ItemFilter(), exclude=["i4"])
+    allowed = [n for n in range(100) if n != 4]
+    assert [h.item_id for h in hits] == exact_top(vectors, vectors[4], 5, allowed)
