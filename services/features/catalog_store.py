@@ -4,16 +4,15 @@ acknowledged. Each item is stored with its encoding, so a restart re-encodes not
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from shared.catalog import Item
+from shared.sqlite_store import SqliteStore, chunks
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -29,9 +28,6 @@ CREATE TABLE IF NOT EXISTS items (
 ) WITHOUT ROWID;
 """
 
-# SQLite caps bound parameters per statement; look ids up in chunks below it.
-_CHUNK = 500
-
 
 @dataclass(frozen=True)
 class StoredItem:
@@ -41,23 +37,9 @@ class StoredItem:
     vector: np.ndarray
 
 
-def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start : start + _CHUNK]
-
-
-class CatalogStore:
+class CatalogStore(SqliteStore):
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        super().__init__(path, _SCHEMA)
 
     def count(self) -> int:
         with self._lock:
@@ -66,7 +48,7 @@ class CatalogStore:
     def get(self, item_ids: Sequence[str]) -> dict[str, StoredItem]:
         found: dict[str, StoredItem] = {}
         with self._lock:
-            for chunk in _chunks(item_ids):
+            for chunk in chunks(item_ids):
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(
                     "SELECT item_id, title, description, categories, attributes, text_digest,"
@@ -102,7 +84,7 @@ class CatalogStore:
         deleted = 0
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            for chunk in _chunks(item_ids):
+            for chunk in chunks(item_ids):
                 marks = ",".join("?" * len(chunk))
                 cursor = self._db.execute(f"DELETE FROM items WHERE item_id IN ({marks})", chunk)
                 deleted += cursor.rowcount

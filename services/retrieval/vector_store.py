@@ -7,12 +7,12 @@ its generation matches the store's, otherwise the index is rebuilt from here.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from shared.sqlite_store import SqliteStore, chunks
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS indexes (
@@ -29,21 +29,10 @@ CREATE TABLE IF NOT EXISTS vectors (
 ) WITHOUT ROWID;
 """
 
-_CHUNK = 500
 
-
-class VectorStore:
+class VectorStore(SqliteStore):
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        super().__init__(path, _SCHEMA)
 
     def indexes(self) -> dict[str, tuple[int, int]]:
         """Index name -> (dimension, generation)."""
@@ -73,8 +62,7 @@ class VectorStore:
         deleted = 0
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            for start in range(0, len(ids), _CHUNK):
-                chunk = list(ids[start : start + _CHUNK])
+            for chunk in chunks(list(ids)):
                 marks = ",".join("?" * len(chunk))
                 deleted += self._db.execute(
                     f"DELETE FROM vectors WHERE index_name = ? AND item_id IN ({marks})",
