@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsys.gateway.v1 import gateway_pb2
-
 from shared.catalog import Item, ItemFilter
+from shared.events import Event, Interaction, event_type
 
 
 def item_from_proto(message: gateway_pb2.Item) -> Item:
@@ -36,4 +41,56 @@ def items_from_proto(messages: Iterable[gateway_pb2.Item]) -> list[Item]:
 def filter_from_proto(message: gateway_pb2.Filter) -> ItemFilter:
     return ItemFilter.build(
         message.include_categories, message.exclude_categories, message.exclude_item_ids
+    )
+
+
+def timestamp_seconds(message: Timestamp) -> float:
+    return message.seconds + message.nanos / 1e9
+
+
+def timestamp_of(seconds: float) -> Timestamp:
+    whole = math.floor(seconds)
+    return Timestamp(seconds=whole, nanos=int(round((seconds - whole) * 1e9)) % 1_000_000_000)
+
+
+def event_from_proto(message: gateway_pb2.Event, field: str, arrival: float) -> Event:
+    """An event without a timestamp happened when it arrived."""
+    has_time = message.HasField("timestamp")
+    return Event(
+        event_id=message.event_id,
+        user_id=message.user_id,
+        item_id=message.item_id,
+        type=event_type(message.type, f"{field}.type"),
+        value=message.value,
+        timestamp=timestamp_seconds(message.timestamp) if has_time else arrival,
+    )
+
+
+def events_from_proto(
+    messages: Iterable[gateway_pb2.Event], field: str = "events", first_index: int = 0
+) -> list[Event]:
+    arrival = time.time()
+    return [
+        event_from_proto(m, f"{field}[{first_index + i}]", arrival) for i, m in enumerate(messages)
+    ]
+
+
+def event_to_proto(event: Event) -> gateway_pb2.Event:
+    return gateway_pb2.Event(
+        event_id=event.event_id,
+        user_id=event.user_id,
+        item_id=event.item_id,
+        type=int(event.type),
+        value=event.value,
+        timestamp=timestamp_of(event.timestamp),
+    )
+
+
+def interaction_from_proto(message: Any) -> Interaction:
+    """From recsys.features.v1.Interaction (typed loosely: this module serves every proto)."""
+    return Interaction(
+        item_id=message.item_id,
+        type=event_type(message.type, "type"),
+        value=message.value,
+        timestamp=timestamp_seconds(message.timestamp),
     )

@@ -62,6 +62,8 @@ class _Call:
             self.code, message = status_of(error), error.message
         elif isinstance(error, grpc.aio.AioRpcError):
             self.code, message = self._downstream(error)
+        elif isinstance(error, NotImplementedError):
+            self.code, message = grpc.StatusCode.UNIMPLEMENTED, "not implemented by this server"
         else:
             log.error("unhandled error", extra={"method": self.method}, exc_info=error)
             self.code, message = grpc.StatusCode.INTERNAL, "internal error"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from recsys.features.v1 import features_pb2_grpc
-
+from services.features.behaviour import Behaviour, GroupCommit
 from services.features.catalog import Catalog
 from services.features.catalog_store import CatalogStore
 from services.features.config import FeaturesConfig
 from services.features.encoder import TextEncoder
+from services.features.event_log import SqliteEventLog
 from services.features.servicer import FeaturesServicer
+from services.features.trending import Trending
 from shared.server import GrpcService, ServiceBinding, run_main
 
 SERVICE_NAME = "recsys.features.v1.FeaturesService"
@@ -19,16 +21,21 @@ SERVICE_NAME = "recsys.features.v1.FeaturesService"
 def build(config: FeaturesConfig) -> GrpcService:
     store = CatalogStore(config.data_dir / "catalog.sqlite3")
     encoder = TextEncoder(batch_size=config.encode_batch_size, threads=config.torch_threads)
+    log = SqliteEventLog(config.data_dir / "events.sqlite3")
+    behaviour = Behaviour(log, Trending(config.trending_half_life_s), store)
+    commits = GroupCommit(behaviour.append)
     binding = ServiceBinding(
         SERVICE_NAME,
         features_pb2_grpc.add_FeaturesServiceServicer_to_server,
-        FeaturesServicer(Catalog(store, encoder)),
+        FeaturesServicer(Catalog(store, encoder), behaviour, commits),
     )
 
     async def startup() -> None:
-        await asyncio.to_thread(encoder.load)
+        await asyncio.gather(asyncio.to_thread(encoder.load), asyncio.to_thread(behaviour.restore))
 
     async def shutdown() -> None:
+        await commits.flush()
+        log.close()
         store.close()
 
     return GrpcService("features", config.server, [binding], startup, shutdown)

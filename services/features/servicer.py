@@ -5,15 +5,27 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from recsys.features.v1 import features_pb2, features_pb2_grpc
 
+from recsys.features.v1 import features_pb2, features_pb2_grpc
+from recsys.gateway.v1 import gateway_pb2
+from services.features.behaviour import Behaviour, GroupCommit
 from services.features.catalog import Catalog
-from shared.convert import item_to_proto, items_from_proto
+from shared.convert import (
+    event_to_proto,
+    events_from_proto,
+    filter_from_proto,
+    item_to_proto,
+    items_from_proto,
+    timestamp_of,
+)
+from shared.events import validate_events
 
 
 class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, behaviour: Behaviour, commits: GroupCommit) -> None:
         self.catalog = catalog
+        self.behaviour = behaviour
+        self.commits = commits
 
     async def UpsertItems(
         self, request: features_pb2.UpsertItemsRequest, context: grpc.aio.ServicerContext
@@ -56,3 +68,66 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
             vectors=[features_pb2.EncodeTextsResponse.Vector(values=v.tolist()) for v in vectors],
             encoder=self.catalog.encoder.name,
         )
+
+    async def AppendEvents(
+        self, request: features_pb2.AppendEventsRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.AppendEventsResponse:
+        events = events_from_proto(request.events)
+        validate_events(events)
+        result = await self.commits.append(events)
+        return features_pb2.AppendEventsResponse(
+            accepted=result.accepted, duplicates=result.duplicates, last_offset=result.last_offset
+        )
+
+    async def ReadEvents(
+        self, request: features_pb2.ReadEventsRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.ReadEventsResponse:
+        events, end = await asyncio.to_thread(
+            self.behaviour.read, request.from_offset, request.limit
+        )
+        return features_pb2.ReadEventsResponse(
+            events=[
+                features_pb2.LoggedEvent(offset=e.offset, event=event_to_proto(e.event))
+                for e in events
+            ],
+            end_offset=end,
+        )
+
+    async def GetUserHistory(
+        self, request: features_pb2.GetUserHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.GetUserHistoryResponse:
+        history = await asyncio.to_thread(
+            self.behaviour.history, request.user_id, request.limit, request.include_seen_item_ids
+        )
+        return features_pb2.GetUserHistoryResponse(
+            recent=[
+                features_pb2.Interaction(
+                    item_id=i.item_id,
+                    type=int(i.type),
+                    value=i.value,
+                    timestamp=timestamp_of(i.timestamp),
+                )
+                for i in history.recent
+            ],
+            seen_item_ids=history.seen,
+        )
+
+    async def GetTrending(
+        self, request: features_pb2.GetTrendingRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.GetTrendingResponse:
+        found = await asyncio.to_thread(
+            self.behaviour.trending_items,
+            request.k,
+            filter_from_proto(request.filter),
+            list(request.exclude_item_ids),
+        )
+        return features_pb2.GetTrendingResponse(
+            items=[gateway_pb2.ScoredItem(item_id=i, score=s) for i, s in found]
+        )
+
+    async def ForgetUser(
+        self, request: features_pb2.ForgetUserRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.ForgetUserResponse:
+        await self.commits.flush()  # an append still on its way must not outlive the forget
+        deleted = await asyncio.to_thread(self.behaviour.forget, request.user_id)
+        return features_pb2.ForgetUserResponse(events_deleted=deleted)

@@ -8,10 +8,10 @@ import logging
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from recsys.features.v1 import features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2_grpc
-
 from services.gateway.config import GatewayConfig
 from services.gateway.servicer import GatewayServicer
 from shared.clients import channel

@@ -15,6 +15,8 @@ class GatewayConfig:
     retrieval_address: str
     call_timeout_s: float  # reads and searches
     write_timeout_s: float  # upserts: encoding a full batch of text takes seconds on a CPU
+    recent_history: int  # interactions that make a user's profile
+    profile_half_life_s: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -25,4 +27,6 @@ class GatewayConfig:
             retrieval_address=env.address("RETRIEVAL_ADDRESS", "127.0.0.1:50053"),
             call_timeout_s=env.number("CALL_TIMEOUT_S", 2.0, minimum=0.01),
             write_timeout_s=env.number("WRITE_TIMEOUT_S", 120.0, minimum=0.1),
+            recent_history=env.integer("RECENT_HISTORY", 50, minimum=1, maximum=1000),
+            profile_half_life_s=env.number("PROFILE_HALF_LIFE_S", 7 * 24 * 3600.0, minimum=1.0),
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from shared.events import PAST_TENSE, EventType
 
 
 def similar_item_reasons(shared_categories: Sequence[str]) -> list[str]:
@@ -10,3 +12,12 @@ def similar_item_reasons(shared_categories: Sequence[str]) -> list[str]:
     if shared_categories:
         reasons.append("also in " + ", ".join(shared_categories))
     return reasons
+
+
+def recommendation_reason(
+    because: str, titles: Mapping[str, str], actions: Mapping[str, EventType]
+) -> str:
+    if not because:
+        return "popular right now"
+    action = PAST_TENSE.get(actions.get(because, EventType.VIEW), "viewed")
+    return f"because you {action} {titles.get(because, because)}"

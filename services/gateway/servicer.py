@@ -3,16 +3,44 @@ downstream service) and composes features and retrieval."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
 import grpc
+
 from recsys.features.v1 import features_pb2, features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
-
 from services.gateway.config import GatewayConfig
-from services.gateway.reasons import similar_item_reasons
+from services.gateway.profile import profile_weights
+from services.gateway.reasons import recommendation_reason, similar_item_reasons
 from shared.catalog import CONTENT_INDEX, validate_id, validate_ids, validate_items, validate_k
 from shared.clients import deadline
-from shared.convert import filter_from_proto, item_to_proto, items_from_proto
+from shared.convert import (
+    event_to_proto,
+    events_from_proto,
+    filter_from_proto,
+    interaction_from_proto,
+    item_to_proto,
+    items_from_proto,
+)
+from shared.errors import InvalidArgument
+from shared.events import Event, event_type, validate_events
+
+# What answers Recommend until a trained model is published.
+CONTENT_MODEL = "content-profile"
+# Events of a stream are written in chunks of this many as they arrive.
+STREAM_CHUNK = 1_000
+
+
+def scored(item_id: str, score: float) -> gateway_pb2.ScoredItem:
+    return gateway_pb2.ScoredItem(item_id=item_id, score=score)
+
+
+@dataclass
+class Pick:
+    scored: gateway_pb2.ScoredItem
+    because: str  # the history item it is closest to; "" for trending items
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -93,3 +121,149 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 for h in found.hits
             ]
         )
+
+    async def LogEvents(
+        self, request: gateway_pb2.LogEventsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.LogEventsResponse:
+        events = events_from_proto(request.events)
+        validate_events(events)
+        reply = await self._append(events, context)
+        return gateway_pb2.LogEventsResponse(
+            accepted=reply.accepted, duplicates=reply.duplicates, last_offset=reply.last_offset
+        )
+
+    async def StreamEvents(
+        self, request_iterator: AsyncIterator[gateway_pb2.Event], context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.LogEventsResponse:
+        total = gateway_pb2.LogEventsResponse()
+        chunk: list[gateway_pb2.Event] = []
+        position = 0
+        async for message in request_iterator:
+            chunk.append(message)
+            if len(chunk) == STREAM_CHUNK:
+                await self._append_chunk(chunk, position, total, context)
+                position += len(chunk)
+                chunk = []
+        if chunk:
+            await self._append_chunk(chunk, position, total, context)
+        elif position == 0:
+            raise InvalidArgument("events", "the stream held no events")
+        return total
+
+    async def _append_chunk(
+        self,
+        chunk: list[gateway_pb2.Event],
+        position: int,
+        total: gateway_pb2.LogEventsResponse,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        events = events_from_proto(chunk, first_index=position)
+        validate_events(events, first_index=position)
+        reply = await self._append(events, context)
+        total.accepted += reply.accepted
+        total.duplicates += reply.duplicates
+        total.last_offset = reply.last_offset
+
+    async def _append(
+        self, events: list[Event], context: grpc.aio.ServicerContext
+    ) -> features_pb2.AppendEventsResponse:
+        return await self.features.AppendEvents(
+            features_pb2.AppendEventsRequest(events=[event_to_proto(e) for e in events]),
+            timeout=deadline(context, self.config.write_timeout_s),
+        )
+
+    async def Recommend(
+        self, request: gateway_pb2.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.RecommendResponse:
+        validate_id(request.user_id, "user_id")
+        validate_k(request.k)
+        filter_from_proto(request.filter)
+        history = await self.features.GetUserHistory(
+            features_pb2.GetUserHistoryRequest(
+                user_id=request.user_id,
+                limit=self.config.recent_history,
+                include_seen_item_ids=not request.include_seen,
+            ),
+            timeout=deadline(context, self.config.call_timeout_s),
+        )
+        picks = await self._from_profile(request, history, context)
+        fallback = not picks
+        if len(picks) < request.k:
+            picks += await self._trending(request, history, picks, context)
+        if request.explain:
+            await self._explain(picks, history, context)
+        return gateway_pb2.RecommendResponse(
+            items=[p.scored for p in picks], model_version=CONTENT_MODEL, fallback=fallback
+        )
+
+    async def _from_profile(
+        self,
+        request: gateway_pb2.RecommendRequest,
+        history: features_pb2.GetUserHistoryResponse,
+        context: grpc.aio.ServicerContext,
+    ) -> list[Pick]:
+        recent = [interaction_from_proto(i) for i in history.recent]
+        profile = profile_weights(recent, self.config.profile_half_life_s)
+        if not profile:
+            return []
+        reply = await self.retrieval.SearchByProfile(
+            retrieval_pb2.SearchByProfileRequest(
+                index=CONTENT_INDEX,
+                profile=[retrieval_pb2.WeightedItem(item_id=i, weight=w) for i, w in profile],
+                k=request.k,
+                filter=request.filter,
+                exclude_item_ids=history.seen_item_ids,
+            ),
+            timeout=deadline(context, self.config.call_timeout_s),
+        )
+        return [
+            Pick(
+                gateway_pb2.ScoredItem(item_id=h.item_id, score=h.score), h.closest_profile_item_id
+            )
+            for h in reply.hits
+        ]
+
+    async def _trending(
+        self,
+        request: gateway_pb2.RecommendRequest,
+        history: features_pb2.GetUserHistoryResponse,
+        picks: list[Pick],
+        context: grpc.aio.ServicerContext,
+    ) -> list[Pick]:
+        reply = await self.features.GetTrending(
+            features_pb2.GetTrendingRequest(
+                k=request.k - len(picks),
+                filter=request.filter,
+                exclude_item_ids=[*history.seen_item_ids, *(p.scored.item_id for p in picks)],
+            ),
+            timeout=deadline(context, self.config.call_timeout_s),
+        )
+        return [Pick(item, "") for item in reply.items]
+
+    async def _explain(
+        self,
+        picks: list[Pick],
+        history: features_pb2.GetUserHistoryResponse,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        because = list({p.because for p in picks if p.because})
+        titles: dict[str, str] = {}
+        if because:
+            found = await self.features.GetItems(
+                features_pb2.GetItemsRequest(item_ids=because, allow_missing=True),
+                timeout=deadline(context, self.config.call_timeout_s),
+            )
+            titles = {item.item_id: item.title or item.item_id for item in found.items}
+        actions = {i.item_id: event_type(i.type, "type") for i in reversed(history.recent)}
+        for pick in picks:
+            pick.scored.reasons.append(recommendation_reason(pick.because, titles, actions))
+
+    async def ForgetUser(
+        self, request: gateway_pb2.ForgetUserRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ForgetUserResponse:
+        validate_id(request.user_id, "user_id")
+        reply = await self.features.ForgetUser(
+            features_pb2.ForgetUserRequest(user_id=request.user_id),
+            timeout=deadline(context, self.config.write_timeout_s),
+        )
+        return gateway_pb2.ForgetUserResponse(events_deleted=reply.events_deleted)

@@ -7,8 +7,8 @@ import contextlib
 import logging
 
 import faiss
-from recsys.retrieval.v1 import retrieval_pb2_grpc
 
+from recsys.retrieval.v1 import retrieval_pb2_grpc
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.indexes import IndexRegistry
 from services.retrieval.servicer import RetrievalServicer

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from shared.errors import InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
+MAX_PROFILE = 1_000
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -210,6 +212,37 @@ class IndexRegistry:
             Hit(h.item_id, h.score, tuple(sorted(own & index.categories_of(h.item_id))))
             for h in hits
         ]
+
+    def search_by_profile(
+        self,
+        name: str,
+        profile: Sequence[tuple[str, float]],
+        k: int,
+        flt: ItemFilter,
+        exclude: Sequence[str],
+    ) -> tuple[list[Hit], int]:
+        """Hits for the profile, each naming the positively weighted profile item closest to
+        it; and how many profile items the index holds."""
+        name = index_name(name)
+        validate_k(k)
+        if len(profile) > MAX_PROFILE:
+            raise InvalidArgument("profile", f"has more than {MAX_PROFILE} items")
+        for i, (item_id, weight) in enumerate(profile):
+            validate_id(item_id, f"profile[{i}].item_id")
+            if not math.isfinite(weight):
+                raise InvalidArgument(f"profile[{i}].weight", "must be a finite number")
+        index = self._indexes.get(name)
+        if index is None:
+            return [], 0
+        query, found = index.profile_vector(profile)
+        if query is None:
+            return [], len(found)
+        hits = index.search(query, k, flt, exclude=exclude)
+        liked = [i for i, w in profile if w > 0 and i in index]
+        closest = index.closest([h.item_id for h in hits], liked)
+        return [Hit(h.item_id, h.score, (), c) for h, c in zip(hits, closest, strict=True)], len(
+            found
+        )
 
     def stats(self, name: str) -> IndexStats:
         name = index_name(name)

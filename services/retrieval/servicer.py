@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import grpc
-from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 
+from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.indexes import IndexRegistry, Record
 from services.retrieval.vector_index import Hit
 from shared.convert import filter_from_proto
@@ -12,7 +12,12 @@ from shared.convert import filter_from_proto
 
 def _hits(hits: list[Hit]) -> list[retrieval_pb2.Hit]:
     return [
-        retrieval_pb2.Hit(item_id=h.item_id, score=h.score, shared_categories=h.shared_categories)
+        retrieval_pb2.Hit(
+            item_id=h.item_id,
+            score=h.score,
+            shared_categories=h.shared_categories,
+            closest_profile_item_id=h.closest_profile_item_id,
+        )
         for h in hits
     ]
 
@@ -57,3 +62,15 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         return retrieval_pb2.GetIndexStatsResponse(
             size=stats.size, dimension=stats.dimension, kind=stats.kind, generation=stats.generation
         )
+
+    async def SearchByProfile(
+        self, request: retrieval_pb2.SearchByProfileRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.SearchByProfileResponse:
+        hits, found = self.registry.search_by_profile(
+            request.index,
+            [(p.item_id, p.weight) for p in request.profile],
+            request.k,
+            filter_from_proto(request.filter),
+            list(request.exclude_item_ids),
+        )
+        return retrieval_pb2.SearchByProfileResponse(hits=_hits(hits), profile_items_found=found)

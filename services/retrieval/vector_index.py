@@ -35,6 +35,7 @@ class Hit:
     item_id: str
     score: float
     shared_categories: tuple[str, ...] = ()
+    closest_profile_item_id: str = ""
 
 
 def _new_faiss(kind: str, dimension: int, settings: IndexSettings) -> faiss.Index:
@@ -152,6 +153,30 @@ class VectorIndex:
     def categories_of(self, item_id: str) -> frozenset[str]:
         row = self._rows.get(item_id)
         return frozenset() if row is None else self._row_categories[row]
+
+    def profile_vector(
+        self, profile: Sequence[tuple[str, float]]
+    ) -> tuple[np.ndarray | None, list[str]]:
+        """The normalised weighted sum of the profile items' vectors, and the items found."""
+        found = [(self._rows[i], w, i) for i, w in profile if i in self._rows]
+        if not found:
+            return None, []
+        rows = np.asarray([r for r, _, _ in found], dtype=np.int64)
+        weights = np.asarray([w for _, w, _ in found], dtype=np.float32)
+        combined = weights @ self._vectors(rows)
+        norm = float(np.linalg.norm(combined))
+        if norm < 1e-9:
+            return None, [i for _, _, i in found]
+        return combined / norm, [i for _, _, i in found]
+
+    def closest(self, hit_ids: Sequence[str], candidates: Sequence[str]) -> list[str]:
+        """For each hit, the candidate item whose vector is most like the hit's."""
+        if not hit_ids or not candidates:
+            return ["" for _ in hit_ids]
+        hits = self._vectors(np.asarray([self._rows[i] for i in hit_ids], dtype=np.int64))
+        pool = self._vectors(np.asarray([self._rows[i] for i in candidates], dtype=np.int64))
+        best = np.argmax(hits @ pool.T, axis=1)
+        return [candidates[b] for b in best]
 
     def search(
         self, query: np.ndarray, k: int, item_filter: ItemFilter, exclude: Iterable[str] = ()

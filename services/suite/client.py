@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import grpc
-from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
+from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from shared.catalog import Item
 from shared.convert import item_to_proto
 

@@ -2,84 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-from services.suite.client import GatewayClient
-from services.suite.movielens import load_movies
-from shared.catalog import Item
-from tests.conftest import HOST, free_port, wait_serving
-
-TOY_STORY, TOY_STORY_2, TOY_STORY_3, JUMANJI = "1", "3114", "78499", "2"
-RECSYS = str(Path(sys.executable).parent / "recsys")
-
-
-def catalogue() -> list[Item]:
-    """A slice of the shipped MovieLens catalogue that holds the Toy Story films."""
-    movies = load_movies()
-    wanted = {TOY_STORY_2, TOY_STORY_3}
-    return [m for n, m in enumerate(movies) if n < 400 or m.item_id in wanted]
-
-
-class UserSuite:
-    """`recsys up` in its own process, on free loopback ports, with its own data."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.env = dict(os.environ, RECSYS_DATA_DIR=str(data_dir))
-        for service in ("GATEWAY", "FEATURES", "RETRIEVAL"):
-            self.env[f"RECSYS_{service}_PORT"] = str(free_port())
-            self.env[f"RECSYS_{service}_METRICS_PORT"] = "0"
-        self.gateway = f"{HOST}:{self.env['RECSYS_GATEWAY_PORT']}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> UserSuite:
-        self.process = subprocess.Popen([RECSYS, "up"], env=self.env)
-        wait_serving(self.gateway, self.process)
-        return self
-
-    def stub(self) -> gateway_pb2_grpc.GatewayServiceStub:
-        return gateway_pb2_grpc.GatewayServiceStub(grpc.insecure_channel(self.gateway))
-
-    def client(self) -> GatewayClient:
-        return GatewayClient(self.gateway)
-
-    def terminate(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(60)
-
-    def kill_everything(self) -> None:
-        """SIGKILL the launcher and every service it started, as a power cut would."""
-        assert self.process is not None
-        pid = self.process.pid
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        for child in children:
-            os.kill(int(child), signal.SIGKILL)
-        self.process.kill()
-        self.process.wait(30)
-        for child in children:
-            while _state(child) != "Z":  # dead (a zombie, or gone) before anyone restarts
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.terminate()
-
-
-def _state(pid: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return "Z"
+from recsys.gateway.v1 import gateway_pb2
+from tests.e2e.harness import JUMANJI, TOY_STORY, TOY_STORY_2, TOY_STORY_3, UserSuite, catalogue
 
 
 @pytest.fixture(scope="module")

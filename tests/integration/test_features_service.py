@@ -8,9 +8,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+
 from recsys.features.v1 import features_pb2, features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2
-
 from tests.conftest import ServiceProcess
 
 MOVIES = [

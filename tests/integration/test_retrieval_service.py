@@ -7,9 +7,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+
 from recsys.gateway.v1 import gateway_pb2
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
-
 from tests.conftest import ServiceProcess, running
 
 DIM = 16

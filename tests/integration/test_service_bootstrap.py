@@ -11,8 +11,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
+from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from shared.config import ServerConfig
 from shared.errors import InvalidArgument
 from shared.server import GrpcService, ServiceBinding

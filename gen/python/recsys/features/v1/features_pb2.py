@@ -22,36 +22,61 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from recsys.gateway.v1 import gateway_pb2 as recsys_dot_gateway_dot_v1_dot_gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!recsys/features/v1/features.proto\x12\x12recsys.features.v1\x1a\x1frecsys/gateway/v1/gateway.proto\"A\n\nItemVector\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\ncategories\x18\x02 \x03(\t\x12\x0e\n\x06vector\x18\x03 \x03(\x02\"<\n\x12UpsertItemsRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\"\x83\x01\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12/\n\x07vectors\x18\x02 \x03(\x0b\x32\x1e.recsys.features.v1.ItemVector\x12\x18\n\x10reused_encodings\x18\x03 \x01(\x05\x12\x0f\n\x07\x65ncoder\x18\x04 \x01(\t\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\":\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"T\n\x10GetItemsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\x12\x18\n\x10missing_item_ids\x18\x02 \x03(\t\"#\n\x12\x45ncodeTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"\x81\x01\n\x13\x45ncodeTextsResponse\x12?\n\x07vectors\x18\x01 \x03(\x0b\x32..recsys.features.v1.EncodeTextsResponse.Vector\x12\x0f\n\x07\x65ncoder\x18\x02 \x01(\t\x1a\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\x32\x88\x03\n\x0f\x46\x65\x61turesService\x12^\n\x0bUpsertItems\x12&.recsys.features.v1.UpsertItemsRequest\x1a\'.recsys.features.v1.UpsertItemsResponse\x12^\n\x0b\x44\x65leteItems\x12&.recsys.features.v1.DeleteItemsRequest\x1a\'.recsys.features.v1.DeleteItemsResponse\x12U\n\x08GetItems\x12#.recsys.features.v1.GetItemsRequest\x1a$.recsys.features.v1.GetItemsResponse\x12^\n\x0b\x45ncodeTexts\x12&.recsys.features.v1.EncodeTextsRequest\x1a\'.recsys.features.v1.EncodeTextsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!recsys/features/v1/features.proto\x12\x12recsys.features.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1frecsys/gateway/v1/gateway.proto\"?\n\x13\x41ppendEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.recsys.gateway.v1.Event\"Q\n\x14\x41ppendEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x13\n\x0blast_offset\x18\x03 \x01(\x03\"F\n\x0bLoggedEvent\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\'\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x18.recsys.gateway.v1.Event\"7\n\x11ReadEventsRequest\x12\x13\n\x0b\x66rom_offset\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"Y\n\x12ReadEventsResponse\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1f.recsys.features.v1.LoggedEvent\x12\x12\n\nend_offset\x18\x02 \x01(\x03\"\x88\x01\n\x0bInteraction\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.recsys.gateway.v1.EventType\x12\r\n\x05value\x18\x03 \x01(\x02\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x15GetUserHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x1d\n\x15include_seen_item_ids\x18\x03 \x01(\x08\"`\n\x16GetUserHistoryResponse\x12/\n\x06recent\x18\x01 \x03(\x0b\x32\x1f.recsys.features.v1.Interaction\x12\x15\n\rseen_item_ids\x18\x02 \x03(\t\"d\n\x12GetTrendingRequest\x12\t\n\x01k\x18\x01 \x01(\x05\x12)\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\"C\n\x13GetTrendingResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.recsys.gateway.v1.ScoredItem\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\",\n\x12\x46orgetUserResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x03\"A\n\nItemVector\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\ncategories\x18\x02 \x03(\t\x12\x0e\n\x06vector\x18\x03 \x03(\x02\"<\n\x12UpsertItemsRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\"\x83\x01\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12/\n\x07vectors\x18\x02 \x03(\x0b\x32\x1e.recsys.features.v1.ItemVector\x12\x18\n\x10reused_encodings\x18\x03 \x01(\x05\x12\x0f\n\x07\x65ncoder\x18\x04 \x01(\t\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\":\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"T\n\x10GetItemsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\x12\x18\n\x10missing_item_ids\x18\x02 \x03(\t\"#\n\x12\x45ncodeTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"\x81\x01\n\x13\x45ncodeTextsResponse\x12?\n\x07vectors\x18\x01 \x03(\x0b\x32..recsys.features.v1.EncodeTextsResponse.Vector\x12\x0f\n\x07\x65ncoder\x18\x02 \x01(\t\x1a\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\x32\xee\x06\n\x0f\x46\x65\x61turesService\x12^\n\x0bUpsertItems\x12&.recsys.features.v1.UpsertItemsRequest\x1a\'.recsys.features.v1.UpsertItemsResponse\x12^\n\x0b\x44\x65leteItems\x12&.recsys.features.v1.DeleteItemsRequest\x1a\'.recsys.features.v1.DeleteItemsResponse\x12U\n\x08GetItems\x12#.recsys.features.v1.GetItemsRequest\x1a$.recsys.features.v1.GetItemsResponse\x12^\n\x0b\x45ncodeTexts\x12&.recsys.features.v1.EncodeTextsRequest\x1a\'.recsys.features.v1.EncodeTextsResponse\x12\x61\n\x0c\x41ppendEvents\x12\'.recsys.features.v1.AppendEventsRequest\x1a(.recsys.features.v1.AppendEventsResponse\x12[\n\nReadEvents\x12%.recsys.features.v1.ReadEventsRequest\x1a&.recsys.features.v1.ReadEventsResponse\x12g\n\x0eGetUserHistory\x12).recsys.features.v1.GetUserHistoryRequest\x1a*.recsys.features.v1.GetUserHistoryResponse\x12^\n\x0bGetTrending\x12&.recsys.features.v1.GetTrendingRequest\x1a\'.recsys.features.v1.GetTrendingResponse\x12[\n\nForgetUser\x12%.recsys.features.v1.ForgetUserRequest\x1a&.recsys.features.v1.ForgetUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.features.v1.features_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ITEMVECTOR']._serialized_start=90
-  _globals['_ITEMVECTOR']._serialized_end=155
-  _globals['_UPSERTITEMSREQUEST']._serialized_start=157
-  _globals['_UPSERTITEMSREQUEST']._serialized_end=217
-  _globals['_UPSERTITEMSRESPONSE']._serialized_start=220
-  _globals['_UPSERTITEMSRESPONSE']._serialized_end=351
-  _globals['_DELETEITEMSREQUEST']._serialized_start=353
-  _globals['_DELETEITEMSREQUEST']._serialized_end=391
-  _globals['_DELETEITEMSRESPONSE']._serialized_start=393
-  _globals['_DELETEITEMSRESPONSE']._serialized_end=431
-  _globals['_GETITEMSREQUEST']._serialized_start=433
-  _globals['_GETITEMSREQUEST']._serialized_end=491
-  _globals['_GETITEMSRESPONSE']._serialized_start=493
-  _globals['_GETITEMSRESPONSE']._serialized_end=577
-  _globals['_ENCODETEXTSREQUEST']._serialized_start=579
-  _globals['_ENCODETEXTSREQUEST']._serialized_end=614
-  _globals['_ENCODETEXTSRESPONSE']._serialized_start=617
-  _globals['_ENCODETEXTSRESPONSE']._serialized_end=746
-  _globals['_ENCODETEXTSRESPONSE_VECTOR']._serialized_start=722
-  _globals['_ENCODETEXTSRESPONSE_VECTOR']._serialized_end=746
-  _globals['_FEATURESSERVICE']._serialized_start=749
-  _globals['_FEATURESSERVICE']._serialized_end=1141
+  _globals['_APPENDEVENTSREQUEST']._serialized_start=123
+  _globals['_APPENDEVENTSREQUEST']._serialized_end=186
+  _globals['_APPENDEVENTSRESPONSE']._serialized_start=188
+  _globals['_APPENDEVENTSRESPONSE']._serialized_end=269
+  _globals['_LOGGEDEVENT']._serialized_start=271
+  _globals['_LOGGEDEVENT']._serialized_end=341
+  _globals['_READEVENTSREQUEST']._serialized_start=343
+  _globals['_READEVENTSREQUEST']._serialized_end=398
+  _globals['_READEVENTSRESPONSE']._serialized_start=400
+  _globals['_READEVENTSRESPONSE']._serialized_end=489
+  _globals['_INTERACTION']._serialized_start=492
+  _globals['_INTERACTION']._serialized_end=628
+  _globals['_GETUSERHISTORYREQUEST']._serialized_start=630
+  _globals['_GETUSERHISTORYREQUEST']._serialized_end=716
+  _globals['_GETUSERHISTORYRESPONSE']._serialized_start=718
+  _globals['_GETUSERHISTORYRESPONSE']._serialized_end=814
+  _globals['_GETTRENDINGREQUEST']._serialized_start=816
+  _globals['_GETTRENDINGREQUEST']._serialized_end=916
+  _globals['_GETTRENDINGRESPONSE']._serialized_start=918
+  _globals['_GETTRENDINGRESPONSE']._serialized_end=985
+  _globals['_FORGETUSERREQUEST']._serialized_start=987
+  _globals['_FORGETUSERREQUEST']._serialized_end=1023
+  _globals['_FORGETUSERRESPONSE']._serialized_start=1025
+  _globals['_FORGETUSERRESPONSE']._serialized_end=1069
+  _globals['_ITEMVECTOR']._serialized_start=1071
+  _globals['_ITEMVECTOR']._serialized_end=1136
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=1138
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=1198
+  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1201
+  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1332
+  _globals['_DELETEITEMSREQUEST']._serialized_start=1334
+  _globals['_DELETEITEMSREQUEST']._serialized_end=1372
+  _globals['_DELETEITEMSRESPONSE']._serialized_start=1374
+  _globals['_DELETEITEMSRESPONSE']._serialized_end=1412
+  _globals['_GETITEMSREQUEST']._serialized_start=1414
+  _globals['_GETITEMSREQUEST']._serialized_end=1472
+  _globals['_GETITEMSRESPONSE']._serialized_start=1474
+  _globals['_GETITEMSRESPONSE']._serialized_end=1558
+  _globals['_ENCODETEXTSREQUEST']._serialized_start=1560
+  _globals['_ENCODETEXTSREQUEST']._serialized_end=1595
+  _globals['_ENCODETEXTSRESPONSE']._serialized_start=1598
+  _globals['_ENCODETEXTSRESPONSE']._serialized_end=1727
+  _globals['_ENCODETEXTSRESPONSE_VECTOR']._serialized_start=1703
+  _globals['_ENCODETEXTSRESPONSE_VECTOR']._serialized_end=1727
+  _globals['_FEATURESSERVICE']._serialized_start=1730
+  _globals['_FEATURESSERVICE']._serialized_end=2608
 # @@protoc_insertion_point(module_scope)

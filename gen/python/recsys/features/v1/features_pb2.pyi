@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from recsys.gateway.v1 import gateway_pb2 as _gateway_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -6,6 +9,104 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class AppendEventsRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[_gateway_pb2.Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[_gateway_pb2.Event, _Mapping]]] = ...) -> None: ...
+
+class AppendEventsResponse(_message.Message):
+    __slots__ = ("accepted", "duplicates", "last_offset")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    LAST_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    duplicates: int
+    last_offset: int
+    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., last_offset: _Optional[int] = ...) -> None: ...
+
+class LoggedEvent(_message.Message):
+    __slots__ = ("offset", "event")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    event: _gateway_pb2.Event
+    def __init__(self, offset: _Optional[int] = ..., event: _Optional[_Union[_gateway_pb2.Event, _Mapping]] = ...) -> None: ...
+
+class ReadEventsRequest(_message.Message):
+    __slots__ = ("from_offset", "limit")
+    FROM_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    from_offset: int
+    limit: int
+    def __init__(self, from_offset: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ReadEventsResponse(_message.Message):
+    __slots__ = ("events", "end_offset")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    END_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[LoggedEvent]
+    end_offset: int
+    def __init__(self, events: _Optional[_Iterable[_Union[LoggedEvent, _Mapping]]] = ..., end_offset: _Optional[int] = ...) -> None: ...
+
+class Interaction(_message.Message):
+    __slots__ = ("item_id", "type", "value", "timestamp")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    type: _gateway_pb2.EventType
+    value: float
+    timestamp: _timestamp_pb2.Timestamp
+    def __init__(self, item_id: _Optional[str] = ..., type: _Optional[_Union[_gateway_pb2.EventType, str]] = ..., value: _Optional[float] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetUserHistoryRequest(_message.Message):
+    __slots__ = ("user_id", "limit", "include_seen_item_ids")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SEEN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    limit: int
+    include_seen_item_ids: bool
+    def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ..., include_seen_item_ids: _Optional[bool] = ...) -> None: ...
+
+class GetUserHistoryResponse(_message.Message):
+    __slots__ = ("recent", "seen_item_ids")
+    RECENT_FIELD_NUMBER: _ClassVar[int]
+    SEEN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    recent: _containers.RepeatedCompositeFieldContainer[Interaction]
+    seen_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, recent: _Optional[_Iterable[_Union[Interaction, _Mapping]]] = ..., seen_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetTrendingRequest(_message.Message):
+    __slots__ = ("k", "filter", "exclude_item_ids")
+    K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    k: int
+    filter: _gateway_pb2.Filter
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetTrendingResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[_gateway_pb2.ScoredItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[_gateway_pb2.ScoredItem, _Mapping]]] = ...) -> None: ...
+
+class ForgetUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ForgetUserResponse(_message.Message):
+    __slots__ = ("events_deleted",)
+    EVENTS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    events_deleted: int
+    def __init__(self, events_deleted: _Optional[int] = ...) -> None: ...
 
 class ItemVector(_message.Message):
     __slots__ = ("item_id", "categories", "vector")

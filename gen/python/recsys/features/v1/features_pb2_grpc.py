@@ -54,6 +54,31 @@ class FeaturesServiceStub:
                 request_serializer=recsys_dot_features_dot_v1_dot_features__pb2.EncodeTextsRequest.SerializeToString,
                 response_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.EncodeTextsResponse.FromString,
                 _registered_method=True)
+        self.AppendEvents = channel.unary_unary(
+                '/recsys.features.v1.FeaturesService/AppendEvents',
+                request_serializer=recsys_dot_features_dot_v1_dot_features__pb2.AppendEventsRequest.SerializeToString,
+                response_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.AppendEventsResponse.FromString,
+                _registered_method=True)
+        self.ReadEvents = channel.unary_unary(
+                '/recsys.features.v1.FeaturesService/ReadEvents',
+                request_serializer=recsys_dot_features_dot_v1_dot_features__pb2.ReadEventsRequest.SerializeToString,
+                response_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.ReadEventsResponse.FromString,
+                _registered_method=True)
+        self.GetUserHistory = channel.unary_unary(
+                '/recsys.features.v1.FeaturesService/GetUserHistory',
+                request_serializer=recsys_dot_features_dot_v1_dot_features__pb2.GetUserHistoryRequest.SerializeToString,
+                response_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.GetUserHistoryResponse.FromString,
+                _registered_method=True)
+        self.GetTrending = channel.unary_unary(
+                '/recsys.features.v1.FeaturesService/GetTrending',
+                request_serializer=recsys_dot_features_dot_v1_dot_features__pb2.GetTrendingRequest.SerializeToString,
+                response_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.GetTrendingResponse.FromString,
+                _registered_method=True)
+        self.ForgetUser = channel.unary_unary(
+                '/recsys.features.v1.FeaturesService/ForgetUser',
+                request_serializer=recsys_dot_features_dot_v1_dot_features__pb2.ForgetUserRequest.SerializeToString,
+                response_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.ForgetUserResponse.FromString,
+                _registered_method=True)
 
 
 class FeaturesServiceServicer:
@@ -85,6 +110,40 @@ class FeaturesServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendEvents(self, request, context):
+        """Appends events to the durable log (on disk before the call returns).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadEvents(self, request, context):
+        """Reads the log in offset order, for consumers such as the trainer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUserHistory(self, request, context):
+        """A user's most recent interactions and every item they interacted with.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTrending(self, request, context):
+        """Catalogue items by time-decayed popularity, measured in event time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetUser(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeaturesServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +166,31 @@ def add_FeaturesServiceServicer_to_server(servicer, server):
                     servicer.EncodeTexts,
                     request_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.EncodeTextsRequest.FromString,
                     response_serializer=recsys_dot_features_dot_v1_dot_features__pb2.EncodeTextsResponse.SerializeToString,
+            ),
+            'AppendEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendEvents,
+                    request_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.AppendEventsRequest.FromString,
+                    response_serializer=recsys_dot_features_dot_v1_dot_features__pb2.AppendEventsResponse.SerializeToString,
+            ),
+            'ReadEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadEvents,
+                    request_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.ReadEventsRequest.FromString,
+                    response_serializer=recsys_dot_features_dot_v1_dot_features__pb2.ReadEventsResponse.SerializeToString,
+            ),
+            'GetUserHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUserHistory,
+                    request_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.GetUserHistoryRequest.FromString,
+                    response_serializer=recsys_dot_features_dot_v1_dot_features__pb2.GetUserHistoryResponse.SerializeToString,
+            ),
+            'GetTrending': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrending,
+                    request_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.GetTrendingRequest.FromString,
+                    response_serializer=recsys_dot_features_dot_v1_dot_features__pb2.GetTrendingResponse.SerializeToString,
+            ),
+            'ForgetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetUser,
+                    request_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.ForgetUserRequest.FromString,
+                    response_serializer=recsys_dot_features_dot_v1_dot_features__pb2.ForgetUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +301,141 @@ class FeaturesService:
             '/recsys.features.v1.FeaturesService/EncodeTexts',
             recsys_dot_features_dot_v1_dot_features__pb2.EncodeTextsRequest.SerializeToString,
             recsys_dot_features_dot_v1_dot_features__pb2.EncodeTextsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.features.v1.FeaturesService/AppendEvents',
+            recsys_dot_features_dot_v1_dot_features__pb2.AppendEventsRequest.SerializeToString,
+            recsys_dot_features_dot_v1_dot_features__pb2.AppendEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.features.v1.FeaturesService/ReadEvents',
+            recsys_dot_features_dot_v1_dot_features__pb2.ReadEventsRequest.SerializeToString,
+            recsys_dot_features_dot_v1_dot_features__pb2.ReadEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUserHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.features.v1.FeaturesService/GetUserHistory',
+            recsys_dot_features_dot_v1_dot_features__pb2.GetUserHistoryRequest.SerializeToString,
+            recsys_dot_features_dot_v1_dot_features__pb2.GetUserHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrending(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.features.v1.FeaturesService/GetTrending',
+            recsys_dot_features_dot_v1_dot_features__pb2.GetTrendingRequest.SerializeToString,
+            recsys_dot_features_dot_v1_dot_features__pb2.GetTrendingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.features.v1.FeaturesService/ForgetUser',
+            recsys_dot_features_dot_v1_dot_features__pb2.ForgetUserRequest.SerializeToString,
+            recsys_dot_features_dot_v1_dot_features__pb2.ForgetUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,10 +1,97 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_VIEW: _ClassVar[EventType]
+    EVENT_TYPE_CLICK: _ClassVar[EventType]
+    EVENT_TYPE_ADD_TO_CART: _ClassVar[EventType]
+    EVENT_TYPE_PURCHASE: _ClassVar[EventType]
+    EVENT_TYPE_RATE: _ClassVar[EventType]
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_VIEW: EventType
+EVENT_TYPE_CLICK: EventType
+EVENT_TYPE_ADD_TO_CART: EventType
+EVENT_TYPE_PURCHASE: EventType
+EVENT_TYPE_RATE: EventType
+
+class Event(_message.Message):
+    __slots__ = ("event_id", "user_id", "item_id", "type", "value", "timestamp")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    user_id: str
+    item_id: str
+    type: EventType
+    value: float
+    timestamp: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., value: _Optional[float] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class LogEventsRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class LogEventsResponse(_message.Message):
+    __slots__ = ("accepted", "duplicates", "last_offset")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    LAST_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    duplicates: int
+    last_offset: int
+    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., last_offset: _Optional[int] = ...) -> None: ...
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("user_id", "k", "filter", "include_seen", "explain")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    k: int
+    filter: Filter
+    include_seen: bool
+    explain: bool
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., include_seen: _Optional[bool] = ..., explain: _Optional[bool] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("items", "model_version", "fallback")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
+    model_version: str
+    fallback: bool
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., fallback: _Optional[bool] = ...) -> None: ...
+
+class ForgetUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ForgetUserResponse(_message.Message):
+    __slots__ = ("events_deleted",)
+    EVENTS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    events_deleted: int
+    def __init__(self, events_deleted: _Optional[int] = ...) -> None: ...
 
 class Item(_message.Message):
     __slots__ = ("item_id", "title", "description", "categories", "attributes")

@@ -54,6 +54,26 @@ class GatewayServiceStub:
                 request_serializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.SimilarItemsRequest.SerializeToString,
                 response_deserializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.SimilarItemsResponse.FromString,
                 _registered_method=True)
+        self.LogEvents = channel.unary_unary(
+                '/recsys.gateway.v1.GatewayService/LogEvents',
+                request_serializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.LogEventsRequest.SerializeToString,
+                response_deserializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.LogEventsResponse.FromString,
+                _registered_method=True)
+        self.StreamEvents = channel.stream_unary(
+                '/recsys.gateway.v1.GatewayService/StreamEvents',
+                request_serializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.Event.SerializeToString,
+                response_deserializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.LogEventsResponse.FromString,
+                _registered_method=True)
+        self.Recommend = channel.unary_unary(
+                '/recsys.gateway.v1.GatewayService/Recommend',
+                request_serializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.RecommendRequest.SerializeToString,
+                response_deserializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.RecommendResponse.FromString,
+                _registered_method=True)
+        self.ForgetUser = channel.unary_unary(
+                '/recsys.gateway.v1.GatewayService/ForgetUser',
+                request_serializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.ForgetUserRequest.SerializeToString,
+                response_deserializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.ForgetUserResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -91,6 +111,48 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LogEvents(self, request, context):
+        """Appends user behaviour to the durable event log. The call returns once every event
+        is on disk and in the user's history. Ingestion is idempotent by event_id: an event
+        seen before is counted in duplicates and not stored again. Events for items that are
+        not in the catalogue are kept (the item may arrive later). A batch with one bad event
+        is rejected whole. StreamEvents answers with the same response message.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamEvents(self, request_iterator, context):
+        """The same for high-rate producers: events are written in chunks as they arrive, and
+        the one response comes once the stream ends and every event is on disk. A bad event
+        fails the stream with INVALID_ARGUMENT naming its position (events[N], counted from
+        the stream's start); events before its chunk may be stored already, so a producer
+        retries with the same event ids and nothing is stored twice.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Recommend(self, request, context):
+        """Items for a user now, best first. Items the user interacted with are left out
+        unless include_seen. A user with no history (or an unknown id) gets trending items
+        with fallback set; that is not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForgetUser(self, request, context):
+        """Deletes the user's events, history and features; later calls treat the id as new.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +175,26 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.SimilarItems,
                     request_deserializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.SimilarItemsRequest.FromString,
                     response_serializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.SimilarItemsResponse.SerializeToString,
+            ),
+            'LogEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogEvents,
+                    request_deserializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.LogEventsRequest.FromString,
+                    response_serializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.LogEventsResponse.SerializeToString,
+            ),
+            'StreamEvents': grpc.stream_unary_rpc_method_handler(
+                    servicer.StreamEvents,
+                    request_deserializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.Event.FromString,
+                    response_serializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.LogEventsResponse.SerializeToString,
+            ),
+            'Recommend': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recommend,
+                    request_deserializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.RecommendRequest.FromString,
+                    response_serializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.RecommendResponse.SerializeToString,
+            ),
+            'ForgetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetUser,
+                    request_deserializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.ForgetUserRequest.FromString,
+                    response_serializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.ForgetUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +305,114 @@ class GatewayService:
             '/recsys.gateway.v1.GatewayService/SimilarItems',
             recsys_dot_gateway_dot_v1_dot_gateway__pb2.SimilarItemsRequest.SerializeToString,
             recsys_dot_gateway_dot_v1_dot_gateway__pb2.SimilarItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.gateway.v1.GatewayService/LogEvents',
+            recsys_dot_gateway_dot_v1_dot_gateway__pb2.LogEventsRequest.SerializeToString,
+            recsys_dot_gateway_dot_v1_dot_gateway__pb2.LogEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamEvents(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/recsys.gateway.v1.GatewayService/StreamEvents',
+            recsys_dot_gateway_dot_v1_dot_gateway__pb2.Event.SerializeToString,
+            recsys_dot_gateway_dot_v1_dot_gateway__pb2.LogEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recommend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.gateway.v1.GatewayService/Recommend',
+            recsys_dot_gateway_dot_v1_dot_gateway__pb2.RecommendRequest.SerializeToString,
+            recsys_dot_gateway_dot_v1_dot_gateway__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.gateway.v1.GatewayService/ForgetUser',
+            recsys_dot_gateway_dot_v1_dot_gateway__pb2.ForgetUserRequest.SerializeToString,
+            recsys_dot_gateway_dot_v1_dot_gateway__pb2.ForgetUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,14 +18,46 @@ class VectorRecord(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., categories: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("item_id", "score", "shared_categories")
+    __slots__ = ("item_id", "score", "shared_categories", "closest_profile_item_id")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SHARED_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    CLOSEST_PROFILE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     shared_categories: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., shared_categories: _Optional[_Iterable[str]] = ...) -> None: ...
+    closest_profile_item_id: str
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., shared_categories: _Optional[_Iterable[str]] = ..., closest_profile_item_id: _Optional[str] = ...) -> None: ...
+
+class WeightedItem(_message.Message):
+    __slots__ = ("item_id", "weight")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    weight: float
+    def __init__(self, item_id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class SearchByProfileRequest(_message.Message):
+    __slots__ = ("index", "profile", "k", "filter", "exclude_item_ids")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    index: str
+    profile: _containers.RepeatedCompositeFieldContainer[WeightedItem]
+    k: int
+    filter: _gateway_pb2.Filter
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, index: _Optional[str] = ..., profile: _Optional[_Iterable[_Union[WeightedItem, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SearchByProfileResponse(_message.Message):
+    __slots__ = ("hits", "profile_items_found")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_ITEMS_FOUND_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    profile_items_found: int
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., profile_items_found: _Optional[int] = ...) -> None: ...
 
 class UpsertVectorsRequest(_message.Message):
     __slots__ = ("index", "records")

@@ -59,6 +59,11 @@ class RetrievalServiceStub:
                 request_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.GetIndexStatsRequest.SerializeToString,
                 response_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.GetIndexStatsResponse.FromString,
                 _registered_method=True)
+        self.SearchByProfile = channel.unary_unary(
+                '/recsys.retrieval.v1.RetrievalService/SearchByProfile',
+                request_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileRequest.SerializeToString,
+                response_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileResponse.FromString,
+                _registered_method=True)
 
 
 class RetrievalServiceServicer:
@@ -96,6 +101,14 @@ class RetrievalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchByProfile(self, request, context):
+        """Top-k for a profile: the weighted sum of stored item vectors, normalised. Each hit
+        names the profile item closest to it, for explanations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrievalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +136,11 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     servicer.GetIndexStats,
                     request_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.GetIndexStatsRequest.FromString,
                     response_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.GetIndexStatsResponse.SerializeToString,
+            ),
+            'SearchByProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchByProfile,
+                    request_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileRequest.FromString,
+                    response_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +278,33 @@ class RetrievalService:
             '/recsys.retrieval.v1.RetrievalService/GetIndexStats',
             recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.GetIndexStatsRequest.SerializeToString,
             recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.GetIndexStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchByProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.retrieval.v1.RetrievalService/SearchByProfile',
+            recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileRequest.SerializeToString,
+            recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,

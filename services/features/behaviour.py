@@ -1,0 +1,137 @@
+"""What users do: the event log, their histories and what is trending, kept consistent:
+an append updates the log, the history (read from the log) and the popularity before it
+is acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from services.features.catalog_store import CatalogStore
+from services.features.event_log import AppendResult, SqliteEventLog
+from services.features.trending import Trending
+from shared.catalog import ItemFilter, validate_id, validate_k
+from shared.errors import InvalidArgument
+from shared.events import Event, Interaction, LoggedEvent
+
+MAX_HISTORY = 1_000
+MAX_SEEN = 20_000
+MAX_READ = 10_000
+
+
+@dataclass(frozen=True)
+class History:
+    recent: list[Interaction]
+    seen: list[str]
+
+
+class Behaviour:
+    def __init__(self, log: SqliteEventLog, trending: Trending, catalog: CatalogStore) -> None:
+        self.log = log
+        self.trending = trending
+        self.catalog = catalog
+        self._write_lock = threading.Lock()
+
+    def restore(self) -> None:
+        """Rebuilds the in-memory popularity from the durable log."""
+        self.trending.add(logged.event for logged in self.log.scan())
+
+    def append(self, batches: Sequence[Sequence[Event]]) -> list[AppendResult]:
+        """Writes batches already validated (validate_events) in one durable commit."""
+        with self._write_lock:
+            results = self.log.append(batches)
+            self.trending.add(e.event for r in results for e in r.stored)
+        return results
+
+    def read(self, from_offset: int, limit: int) -> tuple[list[LoggedEvent], int]:
+        if from_offset < 0:
+            raise InvalidArgument("from_offset", "must not be negative")
+        if not 1 <= limit <= MAX_READ:
+            raise InvalidArgument("limit", f"must be between 1 and {MAX_READ}")
+        return self.log.read(max(from_offset, 1), limit), self.log.end_offset()
+
+    def history(self, user_id: str, limit: int, include_seen: bool) -> History:
+        validate_id(user_id, "user_id")
+        if not 0 <= limit <= MAX_HISTORY:
+            raise InvalidArgument("limit", f"must be between 0 and {MAX_HISTORY}")
+        recent = self.log.history(user_id, limit) if limit else []
+        seen = self.log.seen_items(user_id, MAX_SEEN) if include_seen else []
+        return History(recent, seen)
+
+    def trending_items(
+        self, k: int, item_filter: ItemFilter, exclude: Sequence[str]
+    ) -> list[tuple[str, float]]:
+        """The k most popular catalogue items now that pass the filter."""
+        validate_k(k)
+        skip = set(exclude) | item_filter.exclude_item_ids
+        limit = 4 * k + len(skip)
+        while True:
+            ranked = self.trending.top(limit)
+            found = self._keep_catalogue_items(ranked, item_filter, skip, k)
+            if len(found) >= k or len(ranked) < limit:
+                return found
+            limit *= 4
+
+    def _keep_catalogue_items(
+        self, ranked: list[tuple[str, float]], flt: ItemFilter, skip: set[str], k: int
+    ) -> list[tuple[str, float]]:
+        candidates = [(i, s) for i, s in ranked if i not in skip]
+        stored = self.catalog.get([i for i, _ in candidates])
+        found = []
+        for item_id, score in candidates:
+            entry = stored.get(item_id)
+            if entry is None or not _passes(entry.item.categories, flt):
+                continue
+            found.append((item_id, score))
+            if len(found) == k:
+                break
+        return found
+
+    def forget(self, user_id: str) -> int:
+        validate_id(user_id, "user_id")
+        with self._write_lock:
+            removed = self.log.forget_user(user_id)
+            self.trending.remove(removed)
+        return len(removed)
+
+
+def _passes(categories: Sequence[str], flt: ItemFilter) -> bool:
+    own = set(categories)
+    if flt.include_categories and not own & flt.include_categories:
+        return False
+    return not own & flt.exclude_categories
+
+
+class GroupCommit:
+    """Appends from concurrent callers share one durable commit: while one write is on
+    its way to disk, the batches that arrive queue up and go together in the next."""
+
+    def __init__(self, write: Callable[[list[Sequence[Event]]], list[AppendResult]]) -> None:
+        self._write = write
+        self._pending: list[tuple[Sequence[Event], asyncio.Future[AppendResult]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def append(self, events: Sequence[Event]) -> AppendResult:
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._pending.append((events, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+        return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        while self._pending:
+            group, self._pending = self._pending, []
+            try:
+                results = await asyncio.to_thread(self._write, [events for events, _ in group])
+            except Exception as error:  # noqa: BLE001 - each caller gets the error
+                for _, future in group:
+                    future.set_exception(error)
+            else:
+                for (_, future), result in zip(group, results, strict=True):
+                    future.set_result(result)
+
+    async def flush(self) -> None:
+        if self._writer is not None:
+            await self._writer

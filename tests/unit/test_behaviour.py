@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from services.features.behaviour import GroupCommit
+from services.features.event_log import AppendResult, SqliteEventLog
+from services.features.trending import Trending
+from services.gateway.profile import profile_weights
+from shared.errors import InvalidArgument
+from shared.events import Event, EventType, Interaction, validate_events
+
+DAY = 24 * 3600.0
+
+
+def event(n: int, user: str = "u", item: str = "i", ts: float = 1000.0) -> Event:
+    return Event(f"e{n}", user, item, EventType.VIEW, 0.0, ts)
+
+
+def test_event_log_counts_a_retried_event_as_duplicate_and_stores_it_once(tmp_path: Path) -> None:
+    log = SqliteEventLog(tmp_path / "events.sqlite3")
+    first = log.append([[event(1), event(2)]])[0]
+    retry = log.append([[event(2), event(3)]])[0]
+    assert (first.accepted, first.duplicates, first.last_offset) == (2, 0, 2)
+    assert (retry.accepted, retry.duplicates, retry.last_offset) == (1, 1, 3)
+    assert [e.event.event_id for e in log.read(1, 10)] == ["e1", "e2", "e3"]
+
+
+def test_event_log_offsets_keep_growing_after_a_user_is_forgotten(tmp_path: Path) -> None:
+    log = SqliteEventLog(tmp_path / "events.sqlite3")
+    log.append([[event(1, user="a"), event(2, user="b")]])
+    assert len(log.forget_user("b")) == 1
+    assert log.end_offset() == 3
+    assert log.append([[event(3, user="a")]])[0].last_offset == 3
+
+
+def test_event_log_history_is_newest_first_by_event_time(tmp_path: Path) -> None:
+    log = SqliteEventLog(tmp_path / "events.sqlite3")
+    log.append([[event(1, item="late", ts=50.0), event(2, item="early", ts=10.0)]])
+    assert [i.item_id for i in log.history("u", 10)] == ["late", "early"]
+    assert sorted(log.seen_items("u", 10)) == ["early", "late"]
+
+
+def test_event_log_keeps_acknowledged_events_after_reopening(tmp_path: Path) -> None:
+    SqliteEventLog(tmp_path / "events.sqlite3").append([[event(1), event(2)]])
+    assert SqliteEventLog(tmp_path / "events.sqlite3").end_offset() == 3
+
+
+def test_trending_prefers_recent_interactions_in_event_time() -> None:
+    trending = Trending(half_life_s=DAY)
+    old = [event(n, item="old", ts=0.0) for n in range(4)]
+    new = [event(10 + n, item="new", ts=3 * DAY) for n in range(2)]
+    trending.add(old + new)
+    ranked = trending.top(10)
+    assert [i for i, _ in ranked] == ["new", "old"]
+    assert ranked[1][1] == pytest.approx(4 * 0.125)
+
+
+def test_trending_forgets_exactly_what_was_removed() -> None:
+    trending = Trending(half_life_s=DAY)
+    keep, drop = event(1, item="a", ts=DAY), event(2, item="b", ts=0.0)
+    trending.add([keep, drop])
+    trending.remove([drop])
+    assert trending.top(10) == [("a", pytest.approx(1.0))]
+
+
+def test_profile_weighs_recent_and_stronger_interactions_more() -> None:
+    recent = [
+        Interaction("bought", EventType.PURCHASE, 0.0, 10 * DAY),
+        Interaction("viewed", EventType.VIEW, 0.0, 10 * DAY),
+        Interaction("old", EventType.PURCHASE, 0.0, 3 * DAY),
+    ]
+    weights = dict(profile_weights(recent, half_life_s=7 * DAY))
+    assert weights["bought"] == pytest.approx(4.0)
+    assert weights["viewed"] == pytest.approx(1.0)
+    assert weights["old"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        (Event("", "u", "i", EventType.VIEW, 0.0, 1.0), "events[1].event_id"),
+        (Event("e", "u", "", EventType.VIEW, 0.0, 1.0), "events[1].item_id"),
+        (Event("e", "u", "i", EventType.RATE, float("inf"), 1.0), "events[1].value"),
+        (Event("e", "u", "i", EventType.VIEW, 0.0, 4e9), "events[1].timestamp"),
+    ],
+)
+def test_validate_events_names_the_position_of_a_bad_event(bad: Event, field: str) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        validate_events([event(1), bad])
+    assert error.value.field == field
+
+
+def test_group_commit_writes_concurrent_appends_in_fewer_commits() -> None:
+    commits: list[int] = []
+
+    def write(batches: list) -> list[AppendResult]:  # type: ignore[type-arg]
+        commits.append(len(batches))
+        return [AppendResult(accepted=len(b)) for b in batches]
+
+    async def scenario() -> list[AppendResult]:
+        group = GroupCommit(write)
+        return await asyncio.gather(*(group.append([event(n)]) for n in range(20)))
+
+    results = asyncio.run(scenario())
+    assert [r.accepted for r in results] == [1] * 20
+    assert sum(commits) == 20 and len(commits) < 20
