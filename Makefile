@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up demo test test-fast bench protos lint check clean
+.PHONY: help setup up demo test test-fast bench eval protos lint check clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,12 @@ test-fast: setup ## Run the unit tests only
 
 bench: setup ## Benchmark ingest and SimilarItems latency on the MovieLens catalogue
 	$(VENV)/bin/recsys bench
+
+# MovieLens is sparse (100k ratings over 22 years): trending decays over a year, not a week.
+EVAL_ENV ?= RECSYS_FEATURES_TRENDING_HALF_LIFE_S=31536000
+
+eval: setup ## Replay MovieLens through the API against baselines; writes docs/eval (README figures)
+	$(EVAL_ENV) $(VENV)/bin/recsys eval --out docs/eval
 
 protos: setup ## Regenerate Python code and stubs from protos/ (commit the result)
 	$(VENV)/bin/buf lint

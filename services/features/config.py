@@ -25,5 +25,5 @@ class FeaturesConfig:
             data_dir=env.path("DATA_DIR", data_root(environ) / "features"),
             encode_batch_size=env.integer("ENCODE_BATCH_SIZE", 64, minimum=1, maximum=4096),
             torch_threads=env.integer("TORCH_THREADS", 0, minimum=0, maximum=256),
-            trending_half_life_s=env.number("TRENDING_HALF_LIFE_S", 3 * 24 * 3600.0, minimum=1.0),
+            trending_half_life_s=env.number("TRENDING_HALF_LIFE_S", 7 * 24 * 3600.0, minimum=1.0),
         )

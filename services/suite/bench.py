@@ -1,5 +1,7 @@
 """The benchmark: load MovieLens through the gateway, then time SimilarItems through the
-gateway and the same search done in-process on a VectorIndex, at 1 and at 8 callers.
+gateway and the same search done in-process on a VectorIndex, at 1 and at 8 callers; then,
+on the same suite, durable event ingest, Recommend latency and event-to-effect latency
+(services/suite/bench_events.py).
 
 It starts its own suite on free loopback ports with a fresh data dir, so every item is
 encoded during ingest and nothing it does touches a suite that may already be running.
@@ -11,7 +13,6 @@ import json
 import os
 import platform
 import random
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import faiss
 import numpy as np
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from services.retrieval.vector_index import IndexSettings, VectorIndex
 from services.suite.client import GatewayClient, batches
-from services.suite.launcher import SERVICES, Suite, SuiteError, SuiteSpec
+from services.suite.launcher import Suite, SuiteError, SuiteSpec
 from services.suite.movielens import PROJECT_ROOT, load_movies
 from shared.catalog import CONTENT_INDEX, Item, ItemFilter
 
@@ -47,6 +48,9 @@ AIM_CALLERS = 8
 AIM_P50_MS = 5.0
 AIM_P99_MS = 15.0
 REPORT_PATH = PROJECT_ROOT / "reports" / "bench.json"
+
+KeyT = TypeVar("KeyT")
+KeyT_contra = TypeVar("KeyT_contra", contravariant=True)
 
 
 @dataclass(frozen=True)
@@ -72,12 +76,19 @@ class RunResult:
         return self.gateway.p99_ms / self.in_process.p99_ms
 
 
-class Caller(Protocol):
-    """One caller's connection: one SimilarItems-style call returns the hits' ids."""
+class Caller(Protocol[KeyT_contra]):
+    """One caller's connection: `call` makes one timed call for a key (an item id, a user
+    id, a batch of events)."""
 
-    def similar(self, item_id: str) -> list[str]: ...
+    def call(self, key: KeyT_contra) -> object: ...
 
     def close(self) -> None: ...
+
+
+class SimilarCaller(Protocol):
+    """Something that answers a SimilarItems-style search with the hits' ids."""
+
+    def similar(self, item_id: str) -> list[str]: ...
 
 
 class GatewayCaller:
@@ -86,6 +97,9 @@ class GatewayCaller:
 
     def similar(self, item_id: str) -> list[str]:
         return [hit.item_id for hit in self.client.similar(item_id, K)]
+
+    def call(self, key: str) -> object:
+        return self.similar(key)
 
     def close(self) -> None:
         self.client.close()
@@ -107,34 +121,14 @@ class InProcessCaller:
         _ = [own & self.index.categories_of(h.item_id) for h in hits]
         return [h.item_id for h in hits]
 
+    def call(self, key: str) -> object:
+        return self.similar(key)
+
     def close(self) -> None:
         pass
 
 
 # ---- suite and ingest ------------------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS hands out for port 0; all held open at once so they differ."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind((LOOPBACK, 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def bench_spec(data_dir: Path) -> SuiteSpec:
-    ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
-    return SuiteSpec(
-        data_dir=data_dir,
-        host=LOOPBACK,
-        ports=ports,
-        metrics_ports={service: 0 for service in SERVICES},
-        log_dir=data_dir / "logs",
-    )
 
 
 def ingest(address: str, movies: Sequence[Item]) -> float:
@@ -181,25 +175,25 @@ def summarize(latencies_s: Sequence[float], wall_s: float) -> LatencyStats:
     )
 
 
-def timed_calls(caller: Caller, item_ids: Sequence[str]) -> list[float]:
+def timed_calls(caller: Caller[KeyT], keys: Sequence[KeyT]) -> list[float]:
     latencies = []
-    for item_id in item_ids:
+    for key in keys:
         started = time.perf_counter()
-        caller.similar(item_id)
+        caller.call(key)
         latencies.append(time.perf_counter() - started)
     return latencies
 
 
 def run_callers(
-    open_caller: Callable[[], Caller],
-    item_ids: Sequence[str],
-    warmup_ids: Sequence[str],
+    open_caller: Callable[[], Caller[KeyT]],
+    keys: Sequence[KeyT],
+    warmup_keys: Sequence[KeyT],
     callers: int,
 ) -> LatencyStats:
     """Each thread opens its own caller and warms it up; then all start together."""
     start_line = threading.Barrier(callers + 1, timeout=60.0)
 
-    def work(share: Sequence[str], warmup: Sequence[str]) -> list[float]:
+    def work(share: Sequence[KeyT], warmup: Sequence[KeyT]) -> list[float]:
         caller = open_caller()
         try:
             timed_calls(caller, warmup)
@@ -213,7 +207,7 @@ def run_callers(
 
     with ThreadPoolExecutor(max_workers=callers) as pool:
         futures = [
-            pool.submit(work, item_ids[i::callers], warmup_ids[i::callers]) for i in range(callers)
+            pool.submit(work, keys[i::callers], warmup_keys[i::callers]) for i in range(callers)
         ]
         try:
             start_line.wait()
@@ -233,7 +227,7 @@ def _raise_first_cause(futures: Sequence[Future[list[float]]]) -> None:
             raise error
 
 
-def agreement(first: Caller, second: Caller, item_ids: Sequence[str]) -> int:
+def agreement(first: SimilarCaller, second: SimilarCaller, item_ids: Sequence[str]) -> int:
     """How many of the sample get the same hits, in the same order, from both."""
     return sum(first.similar(i) == second.similar(i) for i in item_ids)
 
@@ -360,7 +354,11 @@ def bench_suite(spec: SuiteSpec, movies: Sequence[Item], requests: int) -> dict[
     agreed = check_agreement(address, index, item_ids[:AGREEMENT_SAMPLE])
     results = measure(address, index, item_ids, warmup_ids)
     print_table(results, requests)
-    return build_report(requests, len(movies), ingest_s, agreed, results)
+    report = build_report(requests, len(movies), ingest_s, agreed, results)
+    # Imported here: the events part builds on this module's timing helpers.
+    from services.suite.bench_events import bench_events
+
+    return {**report, **bench_events(address, catalogue_ids, requests)}
 
 
 def print_log_tails(log_dir: Path | None, lines: int = 20) -> None:
@@ -378,7 +376,7 @@ def run_bench(requests: int = 2000) -> int:
     faiss.omp_set_num_threads(1)
     movies = load_movies()
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
-        spec = bench_spec(Path(tmp))
+        spec = SuiteSpec.on_free_ports(Path(tmp), Path(tmp) / "logs")
         print(f"Starting the suite on {LOOPBACK} (service logs in {spec.log_dir}) ...", flush=True)
         started = time.perf_counter()
         try:

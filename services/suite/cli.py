@@ -1,4 +1,4 @@
-"""The `recsys` command: run the suite, its demo and its benchmark."""
+"""The `recsys` command: run the suite, its demo, its benchmark and its evaluation."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
 from services.suite.launcher import Suite, SuiteError, SuiteSpec
 
 
-def supervise(suite: Suite) -> int:
-    """Keeps a started suite running until SIGTERM or Ctrl-C, or until a service dies."""
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or Ctrl-C; install it before anything starts, so that a
+    signal during start-up still stops what was started."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -20,6 +22,11 @@ def supervise(suite: Suite) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def supervise(suite: Suite, stop: threading.Event) -> int:
+    """Keeps a started suite running until `stop` is set, or until a service dies."""
     print(
         f"recsys: suite ready; gateway at {suite.spec.address('gateway')},"
         f" data in {suite.spec.data_dir}. Ctrl-C stops it.",
@@ -38,13 +45,14 @@ def supervise(suite: Suite) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
+    stop = stop_on_signals()
     suite = Suite(SuiteSpec.from_env())
     try:
         suite.start()
     except SuiteError as error:
         print(f"recsys: {error}", file=sys.stderr)
         return 1
-    return supervise(suite)
+    return supervise(suite, stop)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -59,6 +67,12 @@ def _bench(args: argparse.Namespace) -> int:
     return run_bench(requests=args.requests)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from services.suite.evaluation.runner import run_eval
+
+    return run_eval(args.ratings, args.out, args.blocks, args.history, args.max_events)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -69,10 +83,27 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="leave a suite that the demo started running afterwards",
     )
-    bench = commands.add_parser("bench", help="benchmark ingest and SimilarItems latency")
+    bench = commands.add_parser(
+        "bench", help="benchmark ingest rates, SimilarItems and Recommend latency"
+    )
     bench.add_argument("--requests", type=int, default=2000, help="SimilarItems calls per run")
+    evaluation = commands.add_parser(
+        "eval", help="replay timestamped interactions through the API and report quality"
+    )
+    evaluation.add_argument(
+        "--ratings",
+        type=Path,
+        default=None,
+        help="CSV with user, item, timestamp (and rating) columns; default: MovieLens",
+    )
+    evaluation.add_argument("--out", type=Path, default=Path("reports/eval"))
+    evaluation.add_argument("--blocks", type=int, default=8)
+    evaluation.add_argument("--history", type=float, default=0.6, help="history fraction")
+    evaluation.add_argument(
+        "--max-events", type=int, default=0, help="replay only the first N events (0: all)"
+    )
     args = parser.parse_args(argv)
-    handlers = {"up": _up, "demo": _demo, "bench": _bench}
+    handlers = {"up": _up, "demo": _demo, "bench": _bench, "eval": _eval}
     return handlers[args.command](args)
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TypeVar
 
 import grpc
 
 from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from shared.catalog import Item
 from shared.convert import item_to_proto
+
+T = TypeVar("T")
 
 
 class GatewayClient:
@@ -34,6 +37,6 @@ class GatewayClient:
         return {item.item_id: item.title for item in reply.items}
 
 
-def batches(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

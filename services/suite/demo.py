@@ -55,9 +55,9 @@ def run_demo(keep_running: bool = False) -> int:
             suite.stop()
             print("\nStopped the suite the demo started; `make up` runs it until Ctrl-C.")
     if suite is not None and keep_running:
-        from services.suite.cli import supervise
+        from services.suite.cli import stop_on_signals, supervise
 
-        return supervise(suite)
+        return supervise(suite, stop_on_signals())
     return 0
 
 

@@ -4,8 +4,10 @@ started in dependency order, stopped with SIGTERM (then SIGKILL after a grace pe
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from shared.config import DEFAULT_HOST, Env, data_root
 # Start order: the gateway last, since it is ready only once the others are.
 SERVICES = ("features", "retrieval", "gateway")
 DEFAULT_PORTS = {"gateway": 50051, "features": 50052, "retrieval": 50053}
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 DEFAULT_METRICS_PORTS = {"gateway": 9151, "features": 9152, "retrieval": 9153}
 
 
@@ -45,6 +48,17 @@ class SuiteSpec:
             for s, p in DEFAULT_METRICS_PORTS.items()
         }
         return cls(data_dir=data_root(environ), ports=ports, metrics_ports=metrics)
+
+    @classmethod
+    def on_free_ports(cls, data_dir: Path, log_dir: Path | None = None) -> SuiteSpec:
+        """A private suite (benchmarks, evaluations): free loopback ports, no metrics."""
+        ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
+        return cls(
+            data_dir=data_dir,
+            ports=ports,
+            metrics_ports={service: 0 for service in SERVICES},
+            log_dir=log_dir,
+        )
 
     def address(self, service: str) -> str:
         return f"{self.host}:{self.ports[service]}"
@@ -71,6 +85,18 @@ class SuiteSpec:
         return env
 
 
+def free_ports(count: int, host: str = DEFAULT_HOST) -> list[int]:
+    """Ports the OS hands out for port 0; all held open at once so they differ."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def is_serving(address: str, timeout_s: float = 1.0) -> bool:
     with grpc.insecure_channel(address) as ch:
         try:
@@ -80,6 +106,13 @@ def is_serving(address: str, timeout_s: float = 1.0) -> bool:
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM when the launcher dies, even by SIGKILL, so that
+    no service outlives the process that supervises it."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class SuiteError(RuntimeError):
@@ -125,6 +158,7 @@ class Suite:
             stderr=subprocess.STDOUT if output else None,
             # Own session: Ctrl-C reaches only the launcher, which stops services in order.
             start_new_session=True,
+            preexec_fn=_terminate_with_parent,
         )
         self.processes[service] = process
         return process

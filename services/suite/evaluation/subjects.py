@@ -1,0 +1,72 @@
+"""What the protocols evaluate: the suite through its public API, and in-process baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from recsys.gateway.v1 import gateway_pb2 as api
+from services.suite.client import GatewayClient, batches
+from services.suite.evaluation.baselines import Recommender
+from services.suite.evaluation.interactions import Interaction
+from shared.catalog import Item
+
+LOG_BATCH = 1_000
+
+
+def event_of(interaction: Interaction) -> api.Event:
+    seconds = int(interaction.timestamp)
+    return api.Event(
+        event_id=f"{interaction.user_id}:{interaction.item_id}:{interaction.timestamp}",
+        user_id=interaction.user_id,
+        item_id=interaction.item_id,
+        type=api.EVENT_TYPE_RATE,
+        value=interaction.rating,
+        timestamp=Timestamp(seconds=seconds, nanos=int((interaction.timestamp - seconds) * 1e9)),
+    )
+
+
+class SuiteSubject:
+    """The live suite: items are upserted when they come to exist, events are logged."""
+
+    def __init__(self, client: GatewayClient, catalogue: Mapping[str, Item], name: str) -> None:
+        self.client = client
+        self.catalogue = catalogue
+        self.name = name
+
+    def start_block(self, history: Sequence[Interaction], new_items: set[str]) -> None:
+        self.add_items(new_items)
+
+    def add_items(self, item_ids: set[str]) -> None:
+        items = [self.catalogue.get(i) or Item(i, title=i) for i in sorted(item_ids)]
+        for batch in batches(items, 256):
+            self.client.upsert(batch)
+
+    def recommend(self, user_id: str, k: int, seen: set[str], existing: set[str]) -> list[str]:
+        request = api.RecommendRequest(user_id=user_id, k=k)
+        reply = self.client.stub.Recommend(request, timeout=self.client.timeout_s)
+        return [item.item_id for item in reply.items]
+
+    def reveal(self, events: Sequence[Interaction]) -> None:
+        for chunk in batches(events, LOG_BATCH):
+            request = api.LogEventsRequest(events=[event_of(e) for e in chunk])
+            self.client.stub.LogEvents(request, timeout=60)
+
+
+class BaselineSubject:
+    """An in-process baseline, refitted on everything before each block."""
+
+    def __init__(self, recommender: Recommender) -> None:
+        self.recommender = recommender
+        self.name = recommender.name
+
+    def start_block(self, history: Sequence[Interaction], new_items: set[str]) -> None:
+        self.recommender.fit(history)
+
+    def recommend(self, user_id: str, k: int, seen: set[str], existing: set[str]) -> list[str]:
+        return self.recommender.recommend(user_id, k, seen, existing)
+
+    def reveal(self, events: Sequence[Interaction]) -> None:
+        for event in events:
+            self.recommender.observe(event)
