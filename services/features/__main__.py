@@ -22,15 +22,17 @@ def build(config: FeaturesConfig) -> GrpcService:
     store = CatalogStore(config.data_dir / "catalog.sqlite3")
     encoder = TextEncoder(batch_size=config.encode_batch_size, threads=config.torch_threads)
     log = SqliteEventLog(config.data_dir / "events.sqlite3")
-    behaviour = Behaviour(log, Trending(config.trending_half_life_s), store)
+    catalog = Catalog(store, encoder)
+    behaviour = Behaviour(log, Trending(config.trending_half_life_s), catalog.categories)
     commits = GroupCommit(behaviour.append)
     binding = ServiceBinding(
         SERVICE_NAME,
         features_pb2_grpc.add_FeaturesServiceServicer_to_server,
-        FeaturesServicer(Catalog(store, encoder), behaviour, commits),
+        FeaturesServicer(catalog, behaviour, commits),
     )
 
     async def startup() -> None:
+        catalog.restore()
         await asyncio.gather(asyncio.to_thread(encoder.load), asyncio.to_thread(behaviour.restore))
 
     async def shutdown() -> None:

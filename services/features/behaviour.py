@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from services.features.catalog_store import CatalogStore
 from services.features.event_log import AppendResult, SqliteEventLog
 from services.features.trending import Trending
 from shared.catalog import ItemFilter, validate_id, validate_k
@@ -28,10 +27,12 @@ class History:
 
 
 class Behaviour:
-    def __init__(self, log: SqliteEventLog, trending: Trending, catalog: CatalogStore) -> None:
+    def __init__(
+        self, log: SqliteEventLog, trending: Trending, catalogue: Mapping[str, Sequence[str]]
+    ) -> None:
         self.log = log
         self.trending = trending
-        self.catalog = catalog
+        self.catalogue = catalogue  # item id -> categories, of every item that exists
         self._write_lock = threading.Lock()
 
     def restore(self) -> None:
@@ -77,12 +78,10 @@ class Behaviour:
     def _keep_catalogue_items(
         self, ranked: list[tuple[str, float]], flt: ItemFilter, skip: set[str], k: int
     ) -> list[tuple[str, float]]:
-        candidates = [(i, s) for i, s in ranked if i not in skip]
-        stored = self.catalog.get([i for i, _ in candidates])
         found = []
-        for item_id, score in candidates:
-            entry = stored.get(item_id)
-            if entry is None or not _passes(entry.item.categories, flt):
+        for item_id, score in ranked:
+            categories = self.catalogue.get(item_id)
+            if item_id in skip or categories is None or not _passes(categories, flt):
                 continue
             found.append((item_id, score))
             if len(found) == k:

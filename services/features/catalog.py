@@ -30,6 +30,12 @@ class Catalog:
     def __init__(self, store: CatalogStore, encoder: TextEncoder) -> None:
         self.store = store
         self.encoder = encoder
+        # Which items exist and their categories, for ranking trending items without a
+        # store read per request; kept in step with every write below.
+        self.categories: dict[str, tuple[str, ...]] = {}
+
+    def restore(self) -> None:
+        self.categories.update(self.store.all_categories())
 
     def upsert(self, items: Sequence[Item]) -> UpsertResult:
         distinct = validate_items(items)
@@ -50,10 +56,15 @@ class Catalog:
             if vector is not None
         ]
         self.store.upsert(entries)
+        self.categories.update({e.item.item_id: e.item.categories for e in entries})
         return UpsertResult(entries, reused_encodings=len(distinct) - len(to_encode))
 
     def delete(self, item_ids: Sequence[str]) -> int:
-        return self.store.delete(validate_ids(item_ids))
+        ids = validate_ids(item_ids)
+        deleted = self.store.delete(ids)
+        for item_id in ids:
+            self.categories.pop(item_id, None)
+        return deleted
 
     def get(self, item_ids: Sequence[str], allow_missing: bool) -> LookupResult:
         wanted = validate_ids(item_ids)

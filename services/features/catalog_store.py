@@ -41,6 +41,11 @@ class CatalogStore(SqliteStore):
     def __init__(self, path: Path) -> None:
         super().__init__(path, _SCHEMA)
 
+    def all_categories(self) -> dict[str, tuple[str, ...]]:
+        with self._lock:
+            rows = self._db.execute("SELECT item_id, categories FROM items").fetchall()
+        return {item_id: tuple(json.loads(categories)) for item_id, categories in rows}
+
     def count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])

@@ -17,6 +17,8 @@ class GatewayConfig:
     write_timeout_s: float  # upserts: encoding a full batch of text takes seconds on a CPU
     recent_history: int  # interactions that make a user's profile
     profile_half_life_s: float
+    popularity_weight: float  # trending popularity added to profile similarity, at most this
+    trending_candidates: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -29,4 +31,6 @@ class GatewayConfig:
             write_timeout_s=env.number("WRITE_TIMEOUT_S", 120.0, minimum=0.1),
             recent_history=env.integer("RECENT_HISTORY", 50, minimum=1, maximum=1000),
             profile_half_life_s=env.number("PROFILE_HALF_LIFE_S", 7 * 24 * 3600.0, minimum=1.0),
+            popularity_weight=env.number("POPULARITY_WEIGHT", 1.0, minimum=0.0),
+            trending_candidates=env.integer("TRENDING_CANDIDATES", 200, minimum=1, maximum=1000),
         )

@@ -3,6 +3,7 @@ downstream service) and composes features and retrieval."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -178,28 +179,49 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         validate_id(request.user_id, "user_id")
         validate_k(request.k)
         filter_from_proto(request.filter)
-        history = await self.features.GetUserHistory(
-            features_pb2.GetUserHistoryRequest(
-                user_id=request.user_id,
-                limit=self.config.recent_history,
-                include_seen_item_ids=not request.include_seen,
+        history, trending = await asyncio.gather(
+            self.features.GetUserHistory(
+                features_pb2.GetUserHistoryRequest(
+                    user_id=request.user_id,
+                    limit=self.config.recent_history,
+                    include_seen_item_ids=not request.include_seen,
+                ),
+                timeout=deadline(context, self.config.call_timeout_s),
             ),
-            timeout=deadline(context, self.config.call_timeout_s),
+            self.features.GetTrending(
+                features_pb2.GetTrendingRequest(
+                    k=self.config.trending_candidates, filter=request.filter
+                ),
+                timeout=deadline(context, self.config.call_timeout_s),
+            ),
         )
-        picks = await self._from_profile(request, history, context)
+        picks = await self._from_profile(request, history, list(trending.items), context)
         fallback = not picks
         if len(picks) < request.k:
-            picks += await self._trending(request, history, picks, context)
+            picks += await self._trending(request, history, list(trending.items), picks, context)
         if request.explain:
             await self._explain(picks, history, context)
         return gateway_pb2.RecommendResponse(
             items=[p.scored for p in picks], model_version=CONTENT_MODEL, fallback=fallback
         )
 
+    def _popularity_boosts(
+        self, trending: list[gateway_pb2.ScoredItem]
+    ) -> list[retrieval_pb2.WeightedItem]:
+        """Popularity on the scale of a similarity: the most popular item gets the weight."""
+        top = max((t.score for t in trending), default=0.0)
+        if top <= 0 or self.config.popularity_weight == 0:
+            return []
+        scale = self.config.popularity_weight / top
+        return [
+            retrieval_pb2.WeightedItem(item_id=t.item_id, weight=t.score * scale) for t in trending
+        ]
+
     async def _from_profile(
         self,
         request: gateway_pb2.RecommendRequest,
         history: features_pb2.GetUserHistoryResponse,
+        trending: list[gateway_pb2.ScoredItem],
         context: grpc.aio.ServicerContext,
     ) -> list[Pick]:
         recent = [interaction_from_proto(i) for i in history.recent]
@@ -213,28 +235,30 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 k=request.k,
                 filter=request.filter,
                 exclude_item_ids=history.seen_item_ids,
+                boosts=self._popularity_boosts(trending),
             ),
             timeout=deadline(context, self.config.call_timeout_s),
         )
-        return [
-            Pick(
-                gateway_pb2.ScoredItem(item_id=h.item_id, score=h.score), h.closest_profile_item_id
-            )
-            for h in reply.hits
-        ]
+        return [Pick(scored(h.item_id, h.score), h.closest_profile_item_id) for h in reply.hits]
 
     async def _trending(
         self,
         request: gateway_pb2.RecommendRequest,
         history: features_pb2.GetUserHistoryResponse,
+        trending: list[gateway_pb2.ScoredItem],
         picks: list[Pick],
         context: grpc.aio.ServicerContext,
     ) -> list[Pick]:
+        """Trending items the user has not seen, to fill the list; from the list fetched
+        with the history, or, when the user has seen most of it, asked for again."""
+        taken = set(history.seen_item_ids) | {p.scored.item_id for p in picks}
+        wanted = request.k - len(picks)
+        fresh = [Pick(t, "") for t in trending if t.item_id not in taken][:wanted]
+        if len(fresh) == wanted or len(trending) < self.config.trending_candidates:
+            return fresh
         reply = await self.features.GetTrending(
             features_pb2.GetTrendingRequest(
-                k=request.k - len(picks),
-                filter=request.filter,
-                exclude_item_ids=[*history.seen_item_ids, *(p.scored.item_id for p in picks)],
+                k=wanted, filter=request.filter, exclude_item_ids=sorted(taken)
             ),
             timeout=deadline(context, self.config.call_timeout_s),
         )

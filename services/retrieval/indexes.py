@@ -36,6 +36,8 @@ from shared.errors import InvalidArgument, NotFound
 log = logging.getLogger(__name__)
 
 MAX_PROFILE = 1_000
+# Nearest neighbours beyond k that a boost may lift into the top k.
+BOOST_POOL = 200
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -74,6 +76,15 @@ def _as_matrix(records: Sequence[Record], dimension: int | None) -> np.ndarray:
     if len(bad):
         raise InvalidArgument(f"records[{bad[0]}].vector", "must contain only finite numbers")
     return matrix
+
+
+def _validate_weighted(items: Sequence[tuple[str, float]], field: str) -> None:
+    if len(items) > MAX_PROFILE:
+        raise InvalidArgument(field, f"has more than {MAX_PROFILE} items")
+    for i, (item_id, weight) in enumerate(items):
+        validate_id(item_id, f"{field}[{i}].item_id")
+        if not math.isfinite(weight):
+            raise InvalidArgument(f"{field}[{i}].weight", "must be a finite number")
 
 
 class IndexRegistry:
@@ -220,24 +231,21 @@ class IndexRegistry:
         k: int,
         flt: ItemFilter,
         exclude: Sequence[str],
+        boosts: Sequence[tuple[str, float]] = (),
     ) -> tuple[list[Hit], int]:
-        """Hits for the profile, each naming the positively weighted profile item closest to
-        it; and how many profile items the index holds."""
+        """Hits for the profile (similarity plus any boost), each naming the positively
+        weighted profile item closest to it; and how many profile items the index holds."""
         name = index_name(name)
         validate_k(k)
-        if len(profile) > MAX_PROFILE:
-            raise InvalidArgument("profile", f"has more than {MAX_PROFILE} items")
-        for i, (item_id, weight) in enumerate(profile):
-            validate_id(item_id, f"profile[{i}].item_id")
-            if not math.isfinite(weight):
-                raise InvalidArgument(f"profile[{i}].weight", "must be a finite number")
+        _validate_weighted(profile, "profile")
+        _validate_weighted(boosts, "boosts")
         index = self._indexes.get(name)
         if index is None:
             return [], 0
         query, found = index.profile_vector(profile)
         if query is None:
             return [], len(found)
-        hits = index.search(query, k, flt, exclude=exclude)
+        hits = index.search_boosted(query, k, flt, exclude, dict(boosts), BOOST_POOL)
         liked = [i for i, w in profile if w > 0 and i in index]
         closest = index.closest([h.item_id for h in hits], liked)
         return [Hit(h.item_id, h.score, (), c) for h, c in zip(hits, closest, strict=True)], len(

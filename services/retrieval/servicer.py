@@ -72,5 +72,6 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             request.k,
             filter_from_proto(request.filter),
             list(request.exclude_item_ids),
+            [(b.item_id, b.weight) for b in request.boosts],
         )
         return retrieval_pb2.SearchByProfileResponse(hits=_hits(hits), profile_items_found=found)

@@ -8,7 +8,7 @@ threshold, a fresh index is built from the live rows (`rebuilt`) and swapped in 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,6 +190,42 @@ class VectorIndex:
             rows, scores = self._top_rows(query, k, self._mask(item_filter, excluded))
         hits = [Hit(self._row_ids[r] or "", float(s)) for r, s in zip(rows, scores, strict=True)]
         return [h for h in hits if h.item_id not in excluded][:k]
+
+    def search_boosted(
+        self,
+        query: np.ndarray,
+        k: int,
+        item_filter: ItemFilter,
+        exclude: Iterable[str],
+        boosts: Mapping[str, float],
+        pool: int,
+    ) -> list[Hit]:
+        """Top-k by similarity plus boost. The candidates are the `k + pool` nearest items
+        and every boosted item, so a strongly boosted item can win from further away."""
+        excluded = set(exclude)
+        nearest = self.search(query, k + pool if boosts else k, item_filter, excluded)
+        scores = {h.item_id: h.score + boosts.get(h.item_id, 0.0) for h in nearest}
+        excluded |= item_filter.exclude_item_ids
+        extra = [
+            i
+            for i in boosts
+            if i not in scores
+            and i in self._rows
+            and i not in excluded
+            and self._passes(i, item_filter)
+        ]
+        if extra:
+            rows = np.asarray([self._rows[i] for i in extra], dtype=np.int64)
+            for item_id, similarity in zip(extra, self._vectors(rows) @ query, strict=True):
+                scores[item_id] = float(similarity) + boosts[item_id]
+        best = sorted(scores.items(), key=lambda pair: -pair[1])[:k]
+        return [Hit(item_id, score) for item_id, score in best]
+
+    def _passes(self, item_id: str, item_filter: ItemFilter) -> bool:
+        own = self._row_categories[self._rows[item_id]]
+        if item_filter.include_categories and not own & item_filter.include_categories:
+            return False
+        return not own & item_filter.exclude_categories
 
     def _only_few_excluded(self, item_filter: ItemFilter, excluded: set[str]) -> bool:
         return (

@@ -110,3 +110,16 @@ def test_search_leaves_out_excluded_ids_and_still_returns_k() -> None:
     hits = index.search(vectors[4], 5, ItemFilter(), exclude=["i4"])
     allowed = [n for n in range(100) if n != 4]
     assert [h.item_id for h in hits] == exact_top(vectors, vectors[4], 5, allowed)
+
+
+def test_boost_lifts_a_far_item_into_the_results_and_respects_filters() -> None:
+    index, vectors = filled_index(300)
+    far = exact_top(vectors, vectors[0], 300, list(range(300)))[-1]
+    hits = index.search_boosted(vectors[0], 3, ItemFilter(), ["i0"], {far: 5.0}, pool=10)
+    assert hits[0].item_id == far and "i0" not in [h.item_id for h in hits]
+    odd_only = ItemFilter(include_categories=frozenset({"odd"}))
+    even_far = next(
+        i for i in reversed(exact_top(vectors, vectors[0], 300, list(range(0, 300, 2))))
+    )
+    hits = index.search_boosted(vectors[0], 3, odd_only, [], {even_far: 5.0}, pool=10)
+    assert even_far not in [h.item_id for h in hits]

@@ -38,18 +38,20 @@ class WeightedItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class SearchByProfileRequest(_message.Message):
-    __slots__ = ("index", "profile", "k", "filter", "exclude_item_ids")
+    __slots__ = ("index", "profile", "k", "filter", "exclude_item_ids", "boosts")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    BOOSTS_FIELD_NUMBER: _ClassVar[int]
     index: str
     profile: _containers.RepeatedCompositeFieldContainer[WeightedItem]
     k: int
     filter: _gateway_pb2.Filter
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, index: _Optional[str] = ..., profile: _Optional[_Iterable[_Union[WeightedItem, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    boosts: _containers.RepeatedCompositeFieldContainer[WeightedItem]
+    def __init__(self, index: _Optional[str] = ..., profile: _Optional[_Iterable[_Union[WeightedItem, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., boosts: _Optional[_Iterable[_Union[WeightedItem, _Mapping]]] = ...) -> None: ...
 
 class SearchByProfileResponse(_message.Message):
     __slots__ = ("hits", "profile_items_found")
