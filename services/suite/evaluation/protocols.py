@@ -11,7 +11,8 @@ cold-start candidates.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.suite.evaluation.dataset import Split
@@ -48,46 +49,53 @@ def _items_new_in(split: Split) -> list[set[str]]:
     return new
 
 
-def run_blocks(subject: Subject, split: Split, progress: Progress) -> list[dict[str, float]]:
-    existing = {e.item_id for e in split.history}
-    seen = _seen_by_user(split.history)
-    results = []
+@dataclass
+class Replay:
+    """Where a replay stands: who has seen what, and which items exist."""
+
+    seen: dict[str, set[str]]
+    existing: set[str]
+
+
+def _blocks(subject: Subject, split: Split) -> Iterator[tuple[list[Interaction], set[str], Replay]]:
+    """Each block with its new items, after the subject was told the block starts."""
+    state = Replay(_seen_by_user(split.history), {e.item_id for e in split.history})
     for number, (block, new_items) in enumerate(
         zip(split.blocks, _items_new_in(split), strict=True)
     ):
-        existing |= new_items
+        state.existing |= new_items
         subject.start_block(split.before(number), new_items)
+        yield block, new_items, state
+
+
+def run_blocks(subject: Subject, split: Split, progress: Progress) -> list[dict[str, float]]:
+    results = []
+    for block, new_items, state in _blocks(subject, split):
         truth: dict[str, set[str]] = defaultdict(set)
         for event in block:
-            if event.item_id not in seen[event.user_id]:
+            if event.item_id not in state.seen[event.user_id]:
                 truth[event.user_id].add(event.item_id)
-        scores = BlockScores(len(existing))
+        scores = BlockScores(len(state.existing))
         for user, items in truth.items():
-            ranked = subject.recommend(user, 20, seen[user], existing)
+            ranked = subject.recommend(user, 20, state.seen[user], state.existing)
             scores.add(ranked, items, new_items)
         subject.reveal(block)
         for event in block:
-            seen[event.user_id].add(event.item_id)
+            state.seen[event.user_id].add(event.item_id)
         results.append(scores.summary())
         progress(len(block))
     return results
 
 
 def run_prequential(subject: Subject, split: Split, progress: Progress) -> list[dict[str, float]]:
-    existing = {e.item_id for e in split.history}
-    seen = _seen_by_user(split.history)
     results = []
-    for number, (block, new_items) in enumerate(
-        zip(split.blocks, _items_new_in(split), strict=True)
-    ):
-        existing |= new_items
-        subject.start_block(split.before(number), new_items)
+    for block, _, state in _blocks(subject, split):
         hits = 0
         for event in block:
-            ranked = subject.recommend(event.user_id, 10, seen[event.user_id], existing)
-            hits += event.item_id in ranked[:10]
+            seen = state.seen[event.user_id]
+            hits += event.item_id in subject.recommend(event.user_id, 10, seen, state.existing)[:10]
             subject.reveal([event])
-            seen[event.user_id].add(event.item_id)
+            seen.add(event.item_id)
             progress(1)
         results.append({"events": float(len(block)), "hr@10": hits / max(1, len(block))})
     return results
