@@ -141,6 +141,13 @@ class ItemFilter:
     def is_empty(self) -> bool:
         return not (self.include_categories or self.exclude_categories or self.exclude_item_ids)
 
+    def admits_categories(self, categories: Iterable[str]) -> bool:
+        """Whether an item with these categories passes the category part of the filter."""
+        own = set(categories)
+        if self.include_categories and not own & self.include_categories:
+            return False
+        return not own & self.exclude_categories
+
     @classmethod
     def build(
         cls,

@@ -81,7 +81,7 @@ class Behaviour:
         found = []
         for item_id, score in ranked:
             categories = self.catalogue.get(item_id)
-            if item_id in skip or categories is None or not _passes(categories, flt):
+            if item_id in skip or categories is None or not flt.admits_categories(categories):
                 continue
             found.append((item_id, score))
             if len(found) == k:
@@ -94,13 +94,6 @@ class Behaviour:
             removed = self.log.forget_user(user_id)
             self.trending.remove(removed)
         return len(removed)
-
-
-def _passes(categories: Sequence[str], flt: ItemFilter) -> bool:
-    own = set(categories)
-    if flt.include_categories and not own & flt.include_categories:
-        return False
-    return not own & flt.exclude_categories
 
 
 class GroupCommit:

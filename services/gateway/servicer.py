@@ -26,7 +26,7 @@ from shared.convert import (
     items_from_proto,
 )
 from shared.errors import InvalidArgument
-from shared.events import Event, event_type, validate_events
+from shared.events import Event, Interaction, validate_events
 
 # What answers Recommend until a trained model is published.
 CONTENT_MODEL = "content-profile"
@@ -195,12 +195,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 timeout=deadline(context, self.config.call_timeout_s),
             ),
         )
-        picks = await self._from_profile(request, history, list(trending.items), context)
+        recent = [interaction_from_proto(i) for i in history.recent]
+        picks = await self._from_profile(request, history, recent, list(trending.items), context)
         fallback = not picks
         if len(picks) < request.k:
             picks += await self._trending(request, history, list(trending.items), picks, context)
         if request.explain:
-            await self._explain(picks, history, context)
+            await self._explain(picks, recent, context)
         return gateway_pb2.RecommendResponse(
             items=[p.scored for p in picks], model_version=CONTENT_MODEL, fallback=fallback
         )
@@ -221,10 +222,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self,
         request: gateway_pb2.RecommendRequest,
         history: features_pb2.GetUserHistoryResponse,
+        recent: list[Interaction],
         trending: list[gateway_pb2.ScoredItem],
         context: grpc.aio.ServicerContext,
     ) -> list[Pick]:
-        recent = [interaction_from_proto(i) for i in history.recent]
         profile = profile_weights(recent, self.config.profile_half_life_s)
         if not profile:
             return []
@@ -267,7 +268,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def _explain(
         self,
         picks: list[Pick],
-        history: features_pb2.GetUserHistoryResponse,
+        recent: list[Interaction],
         context: grpc.aio.ServicerContext,
     ) -> None:
         because = list({p.because for p in picks if p.because})
@@ -278,7 +279,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 timeout=deadline(context, self.config.call_timeout_s),
             )
             titles = {item.item_id: item.title or item.item_id for item in found.items}
-        actions = {i.item_id: event_type(i.type, "type") for i in reversed(history.recent)}
+        actions = {i.item_id: i.type for i in reversed(recent)}  # the latest action wins
         for pick in picks:
             pick.scored.reasons.append(recommendation_reason(pick.because, titles, actions))
 

@@ -212,7 +212,7 @@ class VectorIndex:
             if i not in scores
             and i in self._rows
             and i not in excluded
-            and self._passes(i, item_filter)
+            and item_filter.admits_categories(self._row_categories[self._rows[i]])
         ]
         if extra:
             rows = np.asarray([self._rows[i] for i in extra], dtype=np.int64)
@@ -220,12 +220,6 @@ class VectorIndex:
                 scores[item_id] = float(similarity) + boosts[item_id]
         best = sorted(scores.items(), key=lambda pair: -pair[1])[:k]
         return [Hit(item_id, score) for item_id, score in best]
-
-    def _passes(self, item_id: str, item_filter: ItemFilter) -> bool:
-        own = self._row_categories[self._rows[item_id]]
-        if item_filter.include_categories and not own & item_filter.include_categories:
-            return False
-        return not own & item_filter.exclude_categories
 
     def _only_few_excluded(self, item_filter: ItemFilter, excluded: set[str]) -> bool:
         return (
