@@ -74,6 +74,12 @@ def data_root(environ: Mapping[str, str] | None = None) -> Path:
     return Env("RECSYS_", environ).path("DATA_DIR", Path(DEFAULT_DATA_DIR))
 
 
+def model_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The model store shared by trainer, Triton and gateway (RECSYS_MODEL_DIR): trained
+    versions, the Triton model repository and the pointer to the live version."""
+    return Env("RECSYS_", environ).path("MODEL_DIR", data_root(environ) / "models")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str

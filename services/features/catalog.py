@@ -10,7 +10,7 @@ import numpy as np
 
 from services.features.catalog_store import CatalogStore, StoredItem
 from services.features.encoder import TextEncoder
-from shared.catalog import Item, validate_ids, validate_items
+from shared.catalog import MAX_BATCH, Item, validate_ids, validate_items
 from shared.errors import InvalidArgument, NotFound
 
 
@@ -74,6 +74,13 @@ class Catalog:
             shown = ", ".join(repr(m) for m in missing[:10])
             raise NotFound(f"unknown item_ids: {shown}" + (" ..." if len(missing) > 10 else ""))
         return LookupResult([found[i].item for i in wanted if i in found], missing)
+
+    def page(self, after_item_id: str, limit: int) -> tuple[list[StoredItem], str]:
+        """A page of the catalogue in id order, and the id to continue after ("" at the end)."""
+        if limit <= 0 or limit > MAX_BATCH:
+            raise InvalidArgument("limit", f"must be between 1 and {MAX_BATCH}")
+        entries = self.store.page(after_item_id, limit)
+        return entries, entries[-1].item.item_id if len(entries) == limit else ""
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) > 1_000:

@@ -64,6 +64,16 @@ class CatalogStore(SqliteStore):
                     found[row[0]] = _stored_from_row(row)
         return found
 
+    def page(self, after_item_id: str, limit: int) -> list[StoredItem]:
+        """Up to `limit` items with ids after `after_item_id`, in id order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT item_id, title, description, categories, attributes, text_digest,"
+                " encoder, vector FROM items WHERE item_id > ? ORDER BY item_id LIMIT ?",
+                (after_item_id, limit),
+            ).fetchall()
+        return [_stored_from_row(row) for row in rows]
+
     def upsert(self, entries: Sequence[StoredItem]) -> None:
         """Writes every entry in one transaction: all of the batch or none of it."""
         now = time.time()

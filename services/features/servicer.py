@@ -10,6 +10,7 @@ from recsys.features.v1 import features_pb2, features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2
 from services.features.behaviour import Behaviour, GroupCommit
 from services.features.catalog import Catalog
+from services.features.catalog_store import StoredItem
 from shared.convert import (
     event_to_proto,
     events_from_proto,
@@ -19,6 +20,14 @@ from shared.convert import (
     timestamp_of,
 )
 from shared.events import validate_events
+
+
+def _item_vector(stored: StoredItem) -> features_pb2.ItemVector:
+    return features_pb2.ItemVector(
+        item_id=stored.item.item_id,
+        categories=list(stored.item.categories),
+        vector=stored.vector.tolist(),
+    )
 
 
 class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
@@ -31,12 +40,7 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
         self, request: features_pb2.UpsertItemsRequest, context: grpc.aio.ServicerContext
     ) -> features_pb2.UpsertItemsResponse:
         result = await asyncio.to_thread(self.catalog.upsert, items_from_proto(request.items))
-        vectors = [
-            features_pb2.ItemVector(
-                item_id=s.item.item_id, categories=list(s.item.categories), vector=s.vector.tolist()
-            )
-            for s in result.items
-        ]
+        vectors = [_item_vector(s) for s in result.items]
         return features_pb2.UpsertItemsResponse(
             upserted=len(result.items),
             vectors=vectors,
@@ -58,6 +62,16 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
         )
         return features_pb2.GetItemsResponse(
             items=[item_to_proto(i) for i in result.items], missing_item_ids=result.missing
+        )
+
+    async def ListItemVectors(
+        self, request: features_pb2.ListItemVectorsRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.ListItemVectorsResponse:
+        entries, after = await asyncio.to_thread(
+            self.catalog.page, request.after_item_id, request.limit
+        )
+        return features_pb2.ListItemVectorsResponse(
+            vectors=[_item_vector(s) for s in entries], next_after_item_id=after
         )
 
     async def EncodeTexts(

@@ -14,7 +14,10 @@ from recsys.gateway.v1 import gateway_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2_grpc
 from services.gateway.config import GatewayConfig
 from services.gateway.servicer import GatewayServicer
+from services.gateway.serving import ServingModel
 from shared.clients import channel
+from shared.embedding_client import EmbeddingClient
+from shared.model_store import ModelStore
 from shared.server import GrpcService, ServiceBinding, run_main
 
 SERVICE_NAME = "recsys.gateway.v1.GatewayService"
@@ -37,10 +40,21 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.channels = [channel(config.features_address), channel(config.retrieval_address)]
+        retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self.channels[1])
+        self.embedding = EmbeddingClient(config.embedding_address, config.embedding_timeout_s)
+        self.serving = ServingModel(
+            ModelStore(config.model_dir),
+            self.embedding,
+            retrieval,
+            config.model_poll_s,
+            config.call_timeout_s,
+        )
         servicer = GatewayServicer(
             config,
             features_pb2_grpc.FeaturesServiceStub(self.channels[0]),
-            retrieval_pb2_grpc.RetrievalServiceStub(self.channels[1]),
+            retrieval,
+            self.embedding,
+            self.serving,
         )
         binding = ServiceBinding(
             SERVICE_NAME, gateway_pb2_grpc.add_GatewayServiceServicer_to_server, servicer
@@ -53,10 +67,11 @@ class Gateway:
             self.shutdown,
             readiness_from_startup=False,
         )
-        self._watcher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def startup(self) -> None:
-        self._watcher = asyncio.create_task(self._watch_dependencies())
+        self._tasks.append(asyncio.create_task(self._watch_dependencies()))
+        self._tasks.append(asyncio.create_task(self.serving.run()))
 
     async def _watch_dependencies(self) -> None:
         stubs = [health_pb2_grpc.HealthStub(c) for c in self.channels]
@@ -71,12 +86,13 @@ class Gateway:
             await asyncio.sleep(DEPENDENCY_POLL_S)
 
     async def shutdown(self) -> None:
-        if self._watcher:
-            self._watcher.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+                await task
         for ch in self.channels:
             await ch.close()
+        await self.embedding.close()
 
 
 async def _serve(config: GatewayConfig) -> None:

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from shared.config import Env, ServerConfig
+from shared.config import Env, ServerConfig, model_dir
 
 PREFIX = "RECSYS_GATEWAY_"
 
@@ -19,6 +20,11 @@ class GatewayConfig:
     profile_half_life_s: float
     popularity_weight: float  # trending popularity added to profile similarity, at most this
     trending_candidates: int
+    embedding_address: str
+    model_dir: Path
+    model_poll_s: float  # how often the live model version is checked
+    embedding_timeout_s: float  # one user-tower call, retries included
+    model_popularity_weight: float  # as popularity_weight, for the trained model's scores
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -33,4 +39,9 @@ class GatewayConfig:
             profile_half_life_s=env.number("PROFILE_HALF_LIFE_S", 7 * 24 * 3600.0, minimum=1.0),
             popularity_weight=env.number("POPULARITY_WEIGHT", 1.0, minimum=0.0),
             trending_candidates=env.integer("TRENDING_CANDIDATES", 200, minimum=1, maximum=1000),
+            embedding_address=env.address("EMBEDDING_ADDRESS", "127.0.0.1:50055"),
+            model_dir=model_dir(environ),
+            model_poll_s=env.number("MODEL_POLL_S", 0.5, minimum=0.01),
+            embedding_timeout_s=env.number("EMBEDDING_TIMEOUT_S", 0.5, minimum=0.001),
+            model_popularity_weight=env.number("MODEL_POPULARITY_WEIGHT", 0.0, minimum=0.0),
         )

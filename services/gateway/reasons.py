@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 
 from shared.events import PAST_TENSE, EventType
 
+MODEL_REASON = "picked for you from your recent activity"
+
 
 def similar_item_reasons(shared_categories: Sequence[str]) -> list[str]:
     reasons = ["similar title and description"]

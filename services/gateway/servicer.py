@@ -4,17 +4,20 @@ downstream service) and composes features and retrieval."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
 from recsys.features.v1 import features_pb2, features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.gateway.config import GatewayConfig
 from services.gateway.profile import profile_weights
-from services.gateway.reasons import recommendation_reason, similar_item_reasons
+from services.gateway.reasons import MODEL_REASON, recommendation_reason, similar_item_reasons
+from services.gateway.serving import ServingModel, user_inputs
 from shared.catalog import CONTENT_INDEX, validate_id, validate_ids, validate_items, validate_k
 from shared.clients import deadline
 from shared.convert import (
@@ -25,13 +28,16 @@ from shared.convert import (
     item_to_proto,
     items_from_proto,
 )
-from shared.errors import InvalidArgument
+from shared.embedding_client import EmbeddingClient, EmbeddingUnavailable
+from shared.errors import InvalidArgument, Unavailable
 from shared.events import Event, Interaction, validate_events
+from shared.model_store import ServingInfo
 
 # What answers Recommend until a trained model is published.
 CONTENT_MODEL = "content-profile"
 # Events of a stream are written in chunks of this many as they arrive.
 STREAM_CHUNK = 1_000
+log = logging.getLogger(__name__)
 
 
 def scored(item_id: str, score: float) -> gateway_pb2.ScoredItem:
@@ -42,6 +48,7 @@ def scored(item_id: str, score: float) -> gateway_pb2.ScoredItem:
 class Pick:
     scored: gateway_pb2.ScoredItem
     because: str  # the history item it is closest to; "" for trending items
+    reason: str = ""  # a fixed reason, where there is no single history item to name
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -50,10 +57,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         config: GatewayConfig,
         features: features_pb2_grpc.FeaturesServiceStub,
         retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
+        embedding: EmbeddingClient | None = None,
+        serving: ServingModel | None = None,
     ) -> None:
         self.config = config
         self.features = features
         self.retrieval = retrieval
+        self.embedding = embedding
+        self.serving = serving
+
+    def _model(self) -> ServingInfo | None:
+        """The version this request uses from start to end, read once."""
+        return self.serving.current if self.serving else None
 
     async def UpsertItems(
         self, request: gateway_pb2.UpsertItemsRequest, context: grpc.aio.ServicerContext
@@ -71,7 +86,42 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             retrieval_pb2.UpsertVectorsRequest(index=CONTENT_INDEX, records=records),
             timeout=deadline(context, self.config.write_timeout_s),
         )
+        model = self._model()
+        if model is not None and records:
+            await self._embed_into_model(model, list(encoded.vectors), context)
         return gateway_pb2.UpsertItemsResponse(upserted=encoded.upserted)
+
+    async def _embed_into_model(
+        self,
+        model: ServingInfo,
+        vectors: list[features_pb2.ItemVector],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """New and changed items get the serving version's item vectors at once, so they
+        are recommendable by the model before any retrain."""
+        assert self.embedding is not None
+        rows = np.array([[model.items.get(v.item_id, 0)] for v in vectors], dtype=np.int64)
+        content = np.array([list(v.vector) for v in vectors], dtype=np.float32)
+        try:
+            embedded = await self.embedding.item_vectors(
+                model.version, rows, content, deadline(context, self.config.write_timeout_s)
+            )
+        except EmbeddingUnavailable as error:
+            raise Unavailable(
+                f"the embedding service could not embed the items: {error}"
+            ) from error
+        await self.retrieval.UpsertVectors(
+            retrieval_pb2.UpsertVectorsRequest(
+                index=model.name,
+                records=[
+                    retrieval_pb2.VectorRecord(
+                        item_id=v.item_id, vector=embedded[i].tolist(), categories=v.categories
+                    )
+                    for i, v in enumerate(vectors)
+                ],
+            ),
+            timeout=deadline(context, self.config.write_timeout_s),
+        )
 
     async def DeleteItems(
         self, request: gateway_pb2.DeleteItemsRequest, context: grpc.aio.ServicerContext
@@ -82,6 +132,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             retrieval_pb2.DeleteVectorsRequest(index=CONTENT_INDEX, item_ids=ids),
             timeout=deadline(context, self.config.write_timeout_s),
         )
+        model = self._model()
+        if model is not None:
+            await self.retrieval.DeleteVectors(
+                retrieval_pb2.DeleteVectorsRequest(index=model.name, item_ids=ids),
+                timeout=deadline(context, self.config.write_timeout_s),
+            )
         deleted = await self.features.DeleteItems(
             features_pb2.DeleteItemsRequest(item_ids=ids),
             timeout=deadline(context, self.config.write_timeout_s),
@@ -179,21 +235,103 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         validate_id(request.user_id, "user_id")
         validate_k(request.k)
         filter_from_proto(request.filter)
+        model = self._model()
+        if model is not None:
+            try:
+                return await self._recommend_from_model(model, request, context)
+            except EmbeddingUnavailable as error:
+                log.warning(
+                    "model unavailable, answering from content profile",
+                    extra={"model": model.name, "why": str(error)},
+                )
+                reply = await self._recommend_from_content(request, context)
+                reply.fallback = True
+                return reply
+        return await self._recommend_from_content(request, context)
+
+    async def _history(
+        self, request: gateway_pb2.RecommendRequest, limit: int, context: grpc.aio.ServicerContext
+    ) -> features_pb2.GetUserHistoryResponse:
+        return await self.features.GetUserHistory(
+            features_pb2.GetUserHistoryRequest(
+                user_id=request.user_id,
+                limit=limit,
+                include_seen_item_ids=not request.include_seen,
+            ),
+            timeout=deadline(context, self.config.call_timeout_s),
+        )
+
+    async def _trending_candidates(
+        self, request: gateway_pb2.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.GetTrendingResponse:
+        return await self.features.GetTrending(
+            features_pb2.GetTrendingRequest(
+                k=self.config.trending_candidates, filter=request.filter
+            ),
+            timeout=deadline(context, self.config.call_timeout_s),
+        )
+
+    async def _recommend_from_model(
+        self,
+        model: ServingInfo,
+        request: gateway_pb2.RecommendRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> gateway_pb2.RecommendResponse:
+        """The user tower of `model` on the user's latest history, searched against the
+        item index of the same version."""
+        assert self.embedding is not None
+        limit = max(self.config.recent_history, model.history_len)
+        blend = self.config.model_popularity_weight > 0
+        if blend:
+            history, trending_reply = await asyncio.gather(
+                self._history(request, limit, context),
+                self._trending_candidates(request, context),
+            )
+            trending = list(trending_reply.items)
+        else:
+            history, trending = await self._history(request, limit, context), []
+        recent = [interaction_from_proto(i) for i in history.recent]
+        user_row, rows, weights = user_inputs(model, request.user_id, recent)
+        picks: list[Pick] = []
+        if user_row[0, 0] or rows.any():
+            vector = await self.embedding.user_vectors(
+                model.version,
+                user_row,
+                rows,
+                weights,
+                deadline(context, self.config.embedding_timeout_s),
+            )
+            reply = await self.retrieval.Search(
+                retrieval_pb2.SearchRequest(
+                    index=model.name,
+                    vector=vector[0].tolist(),
+                    k=request.k,
+                    filter=request.filter,
+                    exclude_item_ids=history.seen_item_ids,
+                    boosts=self._popularity_boosts(trending, self.config.model_popularity_weight),
+                ),
+                timeout=deadline(context, self.config.call_timeout_s),
+            )
+            picks = [Pick(scored(h.item_id, h.score), "", MODEL_REASON) for h in reply.hits]
+        fallback = not picks
+        if len(picks) < request.k:
+            if not blend:
+                trending = list((await self._trending_candidates(request, context)).items)
+            picks += await self._trending(request, history, trending, picks, context)
+        if request.explain:
+            await self._explain(picks, recent, context)
+        return gateway_pb2.RecommendResponse(
+            items=[p.scored for p in picks],
+            model_version=model.name if not fallback else CONTENT_MODEL,
+            fallback=fallback,
+        )
+
+    async def _recommend_from_content(
+        self, request: gateway_pb2.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.RecommendResponse:
         history, trending = await asyncio.gather(
-            self.features.GetUserHistory(
-                features_pb2.GetUserHistoryRequest(
-                    user_id=request.user_id,
-                    limit=self.config.recent_history,
-                    include_seen_item_ids=not request.include_seen,
-                ),
-                timeout=deadline(context, self.config.call_timeout_s),
-            ),
-            self.features.GetTrending(
-                features_pb2.GetTrendingRequest(
-                    k=self.config.trending_candidates, filter=request.filter
-                ),
-                timeout=deadline(context, self.config.call_timeout_s),
-            ),
+            self._history(request, self.config.recent_history, context),
+            self._trending_candidates(request, context),
         )
         recent = [interaction_from_proto(i) for i in history.recent]
         picks = await self._from_profile(request, history, recent, list(trending.items), context)
@@ -207,13 +345,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
 
     def _popularity_boosts(
-        self, trending: list[gateway_pb2.ScoredItem]
+        self, trending: list[gateway_pb2.ScoredItem], weight: float
     ) -> list[retrieval_pb2.WeightedItem]:
         """Popularity on the scale of a similarity: the most popular item gets the weight."""
         top = max((t.score for t in trending), default=0.0)
-        if top <= 0 or self.config.popularity_weight == 0:
+        if top <= 0 or weight == 0:
             return []
-        scale = self.config.popularity_weight / top
+        scale = weight / top
         return [
             retrieval_pb2.WeightedItem(item_id=t.item_id, weight=t.score * scale) for t in trending
         ]
@@ -236,7 +374,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 k=request.k,
                 filter=request.filter,
                 exclude_item_ids=history.seen_item_ids,
-                boosts=self._popularity_boosts(trending),
+                boosts=self._popularity_boosts(trending, self.config.popularity_weight),
             ),
             timeout=deadline(context, self.config.call_timeout_s),
         )
@@ -281,7 +419,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             titles = {item.item_id: item.title or item.item_id for item in found.items}
         actions = {i.item_id: i.type for i in reversed(recent)}  # the latest action wins
         for pick in picks:
-            pick.scored.reasons.append(recommendation_reason(pick.because, titles, actions))
+            pick.scored.reasons.append(
+                pick.reason or recommendation_reason(pick.because, titles, actions)
+            )
 
     async def ForgetUser(
         self, request: gateway_pb2.ForgetUserRequest, context: grpc.aio.ServicerContext

@@ -186,6 +186,18 @@ class IndexRegistry:
             await self._rebuild_if_needed(name, index)
         return deleted
 
+    async def drop(self, name: str) -> bool:
+        name = index_name(name)
+        async with self._writes:
+            dropped = await asyncio.to_thread(self.store.drop, name)
+            dropped = self._indexes.pop(name, None) is not None or dropped
+            self._snapshot_generation.pop(name, None)
+            for path in self._paths(name):
+                path.unlink(missing_ok=True)
+        if dropped:
+            log.info("index dropped", extra={"index": name})
+        return dropped
+
     async def _rebuild_if_needed(self, name: str, index: VectorIndex) -> None:
         if index.needs_rebuild():
             fresh = await asyncio.to_thread(index.rebuilt)
@@ -194,9 +206,18 @@ class IndexRegistry:
 
     # ---- reads ------------------------------------------------------------------------
 
-    def search(self, name: str, vector: Sequence[float], k: int, flt: ItemFilter) -> list[Hit]:
+    def search(
+        self,
+        name: str,
+        vector: Sequence[float],
+        k: int,
+        flt: ItemFilter,
+        exclude: Sequence[str] = (),
+        boosts: Sequence[tuple[str, float]] = (),
+    ) -> list[Hit]:
         name = index_name(name)
         validate_k(k)
+        _validate_weighted(boosts, "boosts")
         index = self._indexes.get(name)
         if index is None:
             return []
@@ -207,7 +228,9 @@ class IndexRegistry:
         query = np.asarray(vector, dtype=np.float32)
         if not np.isfinite(query).all():
             raise InvalidArgument("vector", "must contain only finite numbers")
-        return index.search(query, k, flt)
+        if boosts:
+            return index.search_boosted(query, k, flt, exclude, dict(boosts), BOOST_POOL)
+        return index.search(query, k, flt, exclude)
 
     def similar(self, name: str, item_id: str, k: int, flt: ItemFilter) -> list[Hit]:
         name = index_name(name)

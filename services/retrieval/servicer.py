@@ -43,7 +43,12 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         self, request: retrieval_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.SearchResponse:
         hits = self.registry.search(
-            request.index, request.vector, request.k, filter_from_proto(request.filter)
+            request.index,
+            request.vector,
+            request.k,
+            filter_from_proto(request.filter),
+            list(request.exclude_item_ids),
+            [(b.item_id, b.weight) for b in request.boosts],
         )
         return retrieval_pb2.SearchResponse(hits=_hits(hits))
 
@@ -75,3 +80,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             [(b.item_id, b.weight) for b in request.boosts],
         )
         return retrieval_pb2.SearchByProfileResponse(hits=_hits(hits), profile_items_found=found)
+
+    async def DropIndex(
+        self, request: retrieval_pb2.DropIndexRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.DropIndexResponse:
+        return retrieval_pb2.DropIndexResponse(dropped=await self.registry.drop(request.index))

@@ -71,6 +71,12 @@ class VectorStore(SqliteStore):
             generation = self._bump(index, None) if deleted else self._generation(index)
         return deleted, generation
 
+    def drop(self, index: str) -> bool:
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM vectors WHERE index_name = ?", (index,))
+            return self._db.execute("DELETE FROM indexes WHERE name = ?", (index,)).rowcount > 0
+
     def load(self, index: str) -> tuple[list[str], np.ndarray, list[list[str]]]:
         with self._lock:
             dimension = self._db.execute(

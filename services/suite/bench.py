@@ -1,7 +1,8 @@
 """The benchmark: load MovieLens through the gateway, then time SimilarItems through the
 gateway and the same search done in-process on a VectorIndex, at 1 and at 8 callers; then,
 on the same suite, durable event ingest, Recommend latency and event-to-effect latency
-(services/suite/bench_events.py).
+(services/suite/bench_events.py), and a two-tower model trained, published and timed in
+Triton and through Recommend (services/suite/bench_model.py).
 
 It starts its own suite on free loopback ports with a fresh data dir, so every item is
 encoded during ingest and nothing it does touches a suite that may already be running.
@@ -358,7 +359,7 @@ def bench_suite(spec: SuiteSpec, movies: Sequence[Item], requests: int) -> dict[
     # Imported here: the events part builds on this module's timing helpers.
     from services.suite.bench_events import bench_events
 
-    return {**report, **bench_events(address, catalogue_ids, requests)}
+    return {**report, **bench_events(spec, catalogue_ids, requests)}
 
 
 def print_log_tails(log_dir: Path | None, lines: int = 20) -> None:

@@ -6,6 +6,8 @@
 2. Recommend latency through the gateway, at 1 and 8 callers, for users who now have history.
 3. Event to effect: after LogEvents of one fresh rating returns, how long until Recommend
    answers with a list that reflects it.
+4. The model part (services/suite/bench_model.py): a two-tower model trained on the events
+   logged here, its towers in Triton, and Recommend with it serving.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from services.suite.client import GatewayClient, batches
 from services.suite.evaluation.dataset import load_interactions
 from services.suite.evaluation.interactions import Interaction
 from services.suite.evaluation.subjects import event_of
+from services.suite.launcher import SuiteSpec
 from services.suite.movielens import dataset_dir
 
 EVENTS_PER_MODE = 40_000  # the first ones go through LogEvents, the next through StreamEvents
@@ -459,8 +462,9 @@ def rated_by_user(interactions: Sequence[Interaction]) -> dict[str, set[str]]:
     return dict(rated)
 
 
-def bench_events(address: str, catalogue_ids: Sequence[str], requests: int) -> dict[str, Any]:
-    """Runs the three parts in order on a suite that holds the catalogue and no events."""
+def bench_events(spec: SuiteSpec, catalogue_ids: Sequence[str], requests: int) -> dict[str, Any]:
+    """Runs the four parts in order on a suite that holds the catalogue and no events."""
+    address = spec.address("gateway")
     ratings = dataset_dir() / "ratings.csv"
     interactions = load_interactions(ratings)
     logged = interactions[:EVENTS_PER_MODE]
@@ -473,4 +477,8 @@ def bench_events(address: str, catalogue_ids: Sequence[str], requests: int) -> d
     print_recommend(recommend)
     effect = measure_effect(address, pick_trials(rated, catalogue_ids, draw))
     print_effect(effect)
-    return build_events_report(ratings, ingest, recommend, effect)
+    report = build_events_report(ratings, ingest, recommend, effect)
+    # Imported here: the model part builds on this module's Recommend machinery.
+    from services.suite.bench_model import bench_model
+
+    return {**report, "model": bench_model(spec, [*logged, *streamed], recommend)}

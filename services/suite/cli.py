@@ -70,7 +70,46 @@ def _bench(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from services.suite.evaluation.runner import run_eval
 
-    return run_eval(args.ratings, args.out, args.blocks, args.history, args.max_events)
+    return run_eval(
+        args.ratings,
+        args.out,
+        args.blocks,
+        args.history,
+        args.max_events,
+        with_model=not args.no_model,
+        train_seconds=args.train_seconds,
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from services.trainer.job import JobConfig, run_job
+
+    result = asyncio.run(run_job(JobConfig.from_env(), args.from_offset, not args.no_publish))
+    trained = result.trained
+    figures = ", ".join(f"{k} {v:.3f}" for k, v in sorted(trained.metrics.items()))
+    print(
+        f"trained on {result.events} events in {trained.training_seconds:.1f}s"
+        f" (through offset {trained.trained_through_offset}); held-out: {figures}"
+    )
+    if result.report:
+        r = result.report
+        print(
+            f"published version {r.version}: {r.items} items embedded; load {r.load_s:.1f}s,"
+            f" embed {r.embed_s:.1f}s, live after {r.switch_s:.1f}s"
+        )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from services.trainer.export import export_repository
+    from shared.config import model_dir
+    from shared.model_store import ModelStore
+
+    version = export_repository(ModelStore(model_dir()), args.out, args.version)
+    print(f"wrote version {version} for Triton's PyTorch backend (GPU) to {args.out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +141,33 @@ def main(argv: list[str] | None = None) -> int:
     evaluation.add_argument(
         "--max-events", type=int, default=0, help="replay only the first N events (0: all)"
     )
+    training = commands.add_parser(
+        "train",
+        help="train the two-tower model on the running suite's event log and publish it",
+    )
+    training.add_argument("--from-offset", type=int, default=0, help="first log offset to learn")
+    training.add_argument("--no-publish", action="store_true", help="train and save only")
+    evaluation.add_argument(
+        "--no-model", action="store_true", help="leave out the trained two-tower model"
+    )
+    evaluation.add_argument(
+        "--train-seconds", type=float, default=None, help="time budget of each model training"
+    )
+    export = commands.add_parser(
+        "export",
+        help="write a model version as a Triton repository for the PyTorch backend on GPUs",
+    )
+    export.add_argument("--out", type=Path, required=True, help="the repository to write")
+    export.add_argument("--version", type=int, default=None, help="default: the live version")
     args = parser.parse_args(argv)
-    handlers = {"up": _up, "demo": _demo, "bench": _bench, "eval": _eval}
+    handlers = {
+        "up": _up,
+        "demo": _demo,
+        "bench": _bench,
+        "eval": _eval,
+        "train": _train,
+        "export": _export,
+    }
     return handlers[args.command](args)
 
 

@@ -1,17 +1,28 @@
-"""The demo: load the MovieLens catalogue through the public API and print similar movies."""
+"""The demo: load the MovieLens catalogue and ratings through the public API, print similar
+movies, train and publish the two-tower model, and print what it recommends."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
 
 from tqdm import tqdm
 
+from recsys.gateway.v1 import gateway_pb2 as api
 from services.suite.client import GatewayClient, batches
+from services.suite.evaluation.dataset import load_interactions
+from services.suite.evaluation.subjects import LOG_BATCH, event_of
 from services.suite.launcher import Suite, SuiteSpec, is_serving
-from services.suite.movielens import load_movies
+from services.suite.movielens import dataset_dir, load_movies
+from services.trainer.job import JobConfig, run_job
+from services.trainer.publish import PublishSettings
+from services.trainer.training import TrainConfig
+from shared.model_store import ModelStore, model_name
 
 # Toy Story, The Matrix, The Godfather, The Fellowship of the Ring, Alien
 SHOWCASE = ("1", "2571", "858", "4993", "1214")
+SHOWCASE_USERS = ("1", "414")
 BATCH = 256
 
 
@@ -34,6 +45,57 @@ def print_similar(client: GatewayClient, item_id: str, k: int = 5) -> None:
         print(f"  {rank}. {title:<55} {scored.score:.3f}  {shared}")
 
 
+def load_ratings(client: GatewayClient) -> int:
+    ratings = load_interactions(dataset_dir() / "ratings.csv")
+    with tqdm(total=len(ratings), desc="LogEvents", unit="event") as progress:
+        for batch in batches(ratings, LOG_BATCH):
+            request = api.LogEventsRequest(events=[event_of(r) for r in batch])
+            client.stub.LogEvents(request, timeout=60)
+            progress.update(len(batch))
+    return len(ratings)
+
+
+def train_and_publish(spec: SuiteSpec) -> str:
+    job = JobConfig(
+        features_address=spec.address("features"),
+        retrieval_address=spec.address("retrieval"),
+        embedding_address=spec.address("embedding"),
+        store=ModelStore(spec.model_dir),
+        train=TrainConfig(),
+        publish=PublishSettings(grace_s=2.0),
+    )
+    print("\nTraining the two-tower model on the event log (about a minute) ...", flush=True)
+    result = asyncio.run(run_job(job))
+    trained, report = result.trained, result.report
+    assert report is not None
+    held_out = ", ".join(
+        f"{key} {trained.metrics[key]:.3f}"
+        for key in ("recall@20", "ndcg@10", "hr@10")
+        if key in trained.metrics
+    )
+    print(
+        f"Trained on {result.events} events in {trained.training_seconds:.0f}s"
+        f" (held-out: {held_out}); published version {report.version} to Triton and"
+        f" retrieval in {report.switch_s:.1f}s."
+    )
+    return model_name(report.version)
+
+
+def print_recommendations(client: GatewayClient, user_id: str, version: str, k: int = 5) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        request = api.RecommendRequest(user_id=user_id, k=k, explain=True)
+        reply = client.stub.Recommend(request, timeout=10)
+        if reply.model_version == version or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    titles = client.titles([i.item_id for i in reply.items])
+    print(f"\nRecommended for user {user_id} by {reply.model_version}:")
+    for rank, scored in enumerate(reply.items, 1):
+        title = titles.get(scored.item_id, scored.item_id)
+        print(f"  {rank}. {title:<55} {scored.score:.3f}  {'; '.join(scored.reasons)}")
+
+
 def run_demo(keep_running: bool = False) -> int:
     spec = SuiteSpec.from_env()
     gateway = spec.address("gateway")
@@ -49,6 +111,10 @@ def run_demo(keep_running: bool = False) -> int:
         print(f"Loaded {count} movies through {gateway}.")
         for item_id in SHOWCASE:
             print_similar(client, item_id)
+        print(f"\nLogged {load_ratings(client)} MovieLens ratings as events.")
+        version = train_and_publish(spec)
+        for user_id in SHOWCASE_USERS:
+            print_recommendations(client, user_id, version)
     finally:
         client.close()
         if suite is not None and not keep_running:

@@ -22,10 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared.config import DEFAULT_HOST, Env, data_root
 
 # Start order: the gateway last, since it is ready only once the others are.
-SERVICES = ("features", "retrieval", "gateway")
-DEFAULT_PORTS = {"gateway": 50051, "features": 50052, "retrieval": 50053}
+SERVICES = ("features", "retrieval", "embedding", "gateway")
+DEFAULT_PORTS = {"gateway": 50051, "features": 50052, "retrieval": 50053, "embedding": 50055}
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-DEFAULT_METRICS_PORTS = {"gateway": 9151, "features": 9152, "retrieval": 9153}
+DEFAULT_METRICS_PORTS = {"gateway": 9151, "features": 9152, "retrieval": 9153, "embedding": 9155}
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,11 @@ class SuiteSpec:
     def address(self, service: str) -> str:
         return f"{self.host}:{self.ports[service]}"
 
+    @property
+    def model_dir(self) -> Path:
+        """Trained versions, Triton's model repository and the live-version pointer."""
+        return self.data_dir / "models"
+
     def with_log_dir(self, log_dir: Path) -> SuiteSpec:
         return replace(self, log_dir=log_dir)
 
@@ -73,6 +78,7 @@ class SuiteSpec:
         env.update(
             {
                 "RECSYS_DATA_DIR": str(self.data_dir),
+                "RECSYS_MODEL_DIR": str(self.model_dir),
                 f"{prefix}HOST": self.host,
                 f"{prefix}PORT": str(self.ports[service]),
                 f"{prefix}METRICS_PORT": str(self.metrics_ports[service]),
@@ -82,6 +88,7 @@ class SuiteSpec:
         if service == "gateway":
             env["RECSYS_GATEWAY_FEATURES_ADDRESS"] = self.address("features")
             env["RECSYS_GATEWAY_RETRIEVAL_ADDRESS"] = self.address("retrieval")
+            env["RECSYS_GATEWAY_EMBEDDING_ADDRESS"] = self.address("embedding")
         return env
 
 

@@ -36,7 +36,7 @@ class UserSuite:
 
     def __init__(self, data_dir: Path) -> None:
         self.env = dict(os.environ, RECSYS_DATA_DIR=str(data_dir))
-        for service in ("GATEWAY", "FEATURES", "RETRIEVAL"):
+        for service in ("GATEWAY", "FEATURES", "RETRIEVAL", "EMBEDDING"):
             self.env[f"RECSYS_{service}_PORT"] = str(free_port())
             self.env[f"RECSYS_{service}_METRICS_PORT"] = "0"
         self.gateway = f"{HOST}:{self.env['RECSYS_GATEWAY_PORT']}"
@@ -71,14 +71,37 @@ class UserSuite:
             while _state(child) != "Z":  # dead (a zombie, or gone) before anyone restarts
                 time.sleep(0.05)
 
+    def service_pid(self, name: str) -> int:
+        """The process of one service (embedding becomes `tritonserver` when it starts)."""
+        assert self.process is not None
+        pid = self.process.pid
+        marker = "tritonserver" if name == "embedding" else f"services.{name}"
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            if marker in Path(f"/proc/{child}/cmdline").read_text():
+                return int(child)
+        raise AssertionError(f"no {name} process under the launcher")
+
     def kill_service(self, name: str) -> None:
         """SIGKILL one service; the launcher then stops the rest and exits."""
         assert self.process is not None
-        pid = self.process.pid
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            if f"services.{name}" in Path(f"/proc/{child}/cmdline").read_text():
-                os.kill(int(child), signal.SIGKILL)
+        os.kill(self.service_pid(name), signal.SIGKILL)
         self.process.wait(60)
+
+    def train(self, *args: str, max_seconds: float = 5.0, grace_s: float = 2.0) -> str:
+        """`recsys train` against this suite, as an operator runs it; returns its output."""
+        env = dict(
+            self.env,
+            RECSYS_MODEL_DIR=str(Path(self.env["RECSYS_DATA_DIR"]) / "models"),
+            RECSYS_TRAINER_MAX_SECONDS=str(max_seconds),
+            RECSYS_TRAINER_PUBLISH_GRACE_S=str(grace_s),
+        )
+        for service in ("FEATURES", "RETRIEVAL", "EMBEDDING"):
+            env[f"RECSYS_TRAINER_{service}_ADDRESS"] = f"{HOST}:{env[f'RECSYS_{service}_PORT']}"
+        done = subprocess.run(
+            [RECSYS, "train", *args], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
 
     def logged_events(self) -> list[Event]:
         """Everything in the durable log, read straight from the features service."""

@@ -7,14 +7,29 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 RECSYS = str(Path(sys.executable).parent / "recsys")
-SUBJECTS = {"suite: content-profile", "most-popular", "recently-popular", "item-knn"}
+MODEL = "suite: two-tower (retrained per block)"
+SUBJECTS = {"suite: content-profile", MODEL, "most-popular", "recently-popular", "item-knn"}
 
 
+@pytest.mark.timeout(900)
 def test_eval_reports_both_protocols_for_suite_and_baselines(tmp_path: Path) -> None:
     out = tmp_path / "report"
     result = subprocess.run(
-        [RECSYS, "eval", "--max-events", "3000", "--blocks", "2", "--out", str(out)],
+        [
+            RECSYS,
+            "eval",
+            "--max-events",
+            "3000",
+            "--blocks",
+            "2",
+            "--train-seconds",
+            "4",
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -29,5 +44,7 @@ def test_eval_reports_both_protocols_for_suite_and_baselines(tmp_path: Path) -> 
             assert all(0.0 <= block[key] <= 1.0 for block in blocks), (name, key)
     suite = report["subjects"]["suite: content-profile"]
     assert suite["prequential"]["overall"]["hr@10"] > 0
+    model = report["subjects"][MODEL]
+    assert model["prequential"]["overall"]["hr@10"] > 0
     assert "| item-knn |" in (out / "eval.md").read_text()
     assert (out / "eval.png").read_bytes()[:4] == b"\x89PNG"

@@ -7,11 +7,12 @@ loaded once; both protocols then start from copies of that same state.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,17 @@ from services.suite.evaluation import protocols, report
 from services.suite.evaluation.baselines import ItemKNN, MostPopular, RecentlyPopular, Recommender
 from services.suite.evaluation.dataset import Split, load_interactions, split
 from services.suite.evaluation.protocols import Subject
-from services.suite.evaluation.subjects import BaselineSubject, SuiteSubject
+from services.suite.evaluation.subjects import BaselineSubject, ModelSuiteSubject, SuiteSubject
 from services.suite.launcher import Suite, SuiteSpec
 from services.suite.movielens import dataset_dir, load_movies
+from services.trainer.job import JobConfig, run_job
+from services.trainer.publish import PublishSettings
+from services.trainer.training import TrainConfig
 from shared.catalog import Item
+from shared.model_store import ModelStore, model_name
 
 SUITE_NAME = "suite: content-profile"
+MODEL_NAME = "suite: two-tower (retrained per block)"
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class EvalOptions:
     blocks: int = 8
     history_fraction: float = 0.6
     max_events: int = 0  # 0: every event in the file
+    with_model: bool = True
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def baselines() -> list[Recommender]:
@@ -68,27 +76,34 @@ def _run_baseline(subject: Subject, data: Split, bar: tqdm) -> dict[str, Any]:
 
 class PrivateSuite:
     """The suite on free ports over a data directory; its history is loaded once and the
-    directory copied, so that each protocol starts from the same state."""
+    directory copied, so that every run (protocol x subject) starts from the same state."""
 
-    def __init__(self, root: Path, catalogue: Mapping[str, Item]) -> None:
+    def __init__(self, root: Path, catalogue: Mapping[str, Item], train: TrainConfig) -> None:
         self.root = root
         self.catalogue = catalogue
+        self.train = train
 
     def load_history(self, data: Split) -> None:
-        with self._running("history") as subject:
+        with _Running(self.root / "history", self.catalogue) as running:
+            subject = running.subject(SUITE_NAME)
             subject.add_items({e.item_id for e in data.history})
             subject.reveal(data.history)
-        shutil.copytree(self.root / "history", self.root / "history-copy")
 
-    def _running(self, name: str) -> _Running:
-        return _Running(self.root / name, self.catalogue)
+    def _copy(self, name: str) -> Path:
+        target = self.root / name
+        shutil.copytree(self.root / "history", target)
+        return target
 
-    def run(self, data: Split, bar: tqdm) -> dict[str, Any]:
-        with self._running("history") as subject:
-            blocks = protocols.run_blocks(subject, data, bar.update)
-        with self._running("history-copy") as subject:
-            prequential = protocols.run_prequential(subject, data, bar.update)
-        return _results(blocks, prequential)
+    def run(self, data: Split, bar: tqdm, with_model: bool) -> dict[str, Any]:
+        name = MODEL_NAME if with_model else SUITE_NAME
+        results = []
+        for protocol in (protocols.run_blocks, protocols.run_prequential):
+            run_dir = self._copy(f"{'model' if with_model else 'content'}-{protocol.__name__}")
+            with _Running(run_dir, self.catalogue) as running:
+                subject = running.model_subject(self.train) if with_model else running.subject(name)
+                results.append(protocol(subject, data, bar.update))
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return _results(results[0], results[1])
 
 
 class _Running:
@@ -97,10 +112,33 @@ class _Running:
         self.catalogue = catalogue
         self.client: GatewayClient | None = None
 
-    def __enter__(self) -> SuiteSubject:
+    def __enter__(self) -> _Running:
         self.suite.start()
         self.client = GatewayClient(self.suite.spec.address("gateway"))
-        return SuiteSubject(self.client, self.catalogue, SUITE_NAME)
+        return self
+
+    def subject(self, name: str) -> SuiteSubject:
+        assert self.client is not None
+        return SuiteSubject(self.client, self.catalogue, name)
+
+    def model_subject(self, train: TrainConfig) -> ModelSuiteSubject:
+        assert self.client is not None
+        spec = self.suite.spec
+        job = JobConfig(
+            features_address=spec.address("features"),
+            retrieval_address=spec.address("retrieval"),
+            embedding_address=spec.address("embedding"),
+            store=ModelStore(spec.model_dir),
+            train=train,
+            publish=PublishSettings(grace_s=1.0),
+        )
+
+        def train_and_publish() -> str:
+            result = asyncio.run(run_job(job))
+            assert result.report is not None
+            return model_name(result.report.version)
+
+        return ModelSuiteSubject(self.client, self.catalogue, MODEL_NAME, train_and_publish)
 
     def __exit__(self, *exc: object) -> None:
         if self.client is not None:
@@ -117,11 +155,14 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
     started = time.monotonic()
     subjects: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="recsys-eval-") as tmp:
-        suite = PrivateSuite(Path(tmp), catalogue_for(options.ratings))
+        suite = PrivateSuite(Path(tmp), catalogue_for(options.ratings), options.train)
         print("Loading the catalogue and the history into the suite ...", flush=True)
         suite.load_history(data)
-        with tqdm(total=2 * test_events, desc=SUITE_NAME, unit="event") as bar:
-            subjects[SUITE_NAME] = suite.run(data, bar)
+        for name, with_model in ((SUITE_NAME, False), (MODEL_NAME, True)):
+            if with_model and not options.with_model:
+                continue
+            with tqdm(total=2 * test_events, desc=name, unit="event") as bar:
+                subjects[name] = suite.run(data, bar, with_model)
     for recommender in baselines():
         with tqdm(total=2 * test_events, desc=recommender.name, unit="event") as bar:
             subjects[recommender.name] = _run_baseline(BaselineSubject(recommender), data, bar)
@@ -138,10 +179,25 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
 
 
 def run_eval(
-    ratings: Path | None, out_dir: Path, blocks: int, history_fraction: float, max_events: int
+    ratings: Path | None,
+    out_dir: Path,
+    blocks: int,
+    history_fraction: float,
+    max_events: int,
+    with_model: bool = True,
+    train_seconds: float | None = None,
 ) -> int:
+    train = TrainConfig()
+    if train_seconds is not None:
+        train = replace(train, max_seconds=train_seconds)
     options = EvalOptions(
-        ratings or dataset_dir() / "ratings.csv", out_dir, blocks, history_fraction, max_events
+        ratings or dataset_dir() / "ratings.csv",
+        out_dir,
+        blocks,
+        history_fraction,
+        max_events,
+        with_model,
+        train,
     )
     result = evaluate(options)
     print()

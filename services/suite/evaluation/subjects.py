@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -52,6 +53,36 @@ class SuiteSubject:
         for chunk in batches(events, LOG_BATCH):
             request = api.LogEventsRequest(events=[event_of(e) for e in chunk])
             self.client.stub.LogEvents(request, timeout=60)
+
+
+class ModelSuiteSubject(SuiteSubject):
+    """The live suite with the trained model: before each block it learns everything logged
+    so far (`recsys train`'s job: read the log, train, publish), like a baseline refitted
+    per block, and Recommend answers from the newly published version."""
+
+    def __init__(
+        self,
+        client: GatewayClient,
+        catalogue: Mapping[str, Item],
+        name: str,
+        train_and_publish: Callable[[], str],
+    ) -> None:
+        super().__init__(client, catalogue, name)
+        self.train_and_publish = train_and_publish
+        self.trainings = 0
+
+    def start_block(self, history: Sequence[Interaction], new_items: set[str]) -> None:
+        self.add_items(new_items)
+        version = self.train_and_publish()
+        self.trainings += 1
+        probe = history[-1].user_id if history else "probe"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            request = api.RecommendRequest(user_id=probe, k=1)
+            if self.client.stub.Recommend(request, timeout=10).model_version == version:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the gateway did not switch to {version} within 60 s")
 
 
 class BaselineSubject:

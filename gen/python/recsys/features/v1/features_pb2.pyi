@@ -182,3 +182,19 @@ class EncodeTextsResponse(_message.Message):
     vectors: _containers.RepeatedCompositeFieldContainer[EncodeTextsResponse.Vector]
     encoder: str
     def __init__(self, vectors: _Optional[_Iterable[_Union[EncodeTextsResponse.Vector, _Mapping]]] = ..., encoder: _Optional[str] = ...) -> None: ...
+
+class ListItemVectorsRequest(_message.Message):
+    __slots__ = ("after_item_id", "limit")
+    AFTER_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    after_item_id: str
+    limit: int
+    def __init__(self, after_item_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListItemVectorsResponse(_message.Message):
+    __slots__ = ("vectors", "next_after_item_id")
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    vectors: _containers.RepeatedCompositeFieldContainer[ItemVector]
+    next_after_item_id: str
+    def __init__(self, vectors: _Optional[_Iterable[_Union[ItemVector, _Mapping]]] = ..., next_after_item_id: _Optional[str] = ...) -> None: ...

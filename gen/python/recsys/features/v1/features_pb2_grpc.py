@@ -79,6 +79,11 @@ class FeaturesServiceStub:
                 request_serializer=recsys_dot_features_dot_v1_dot_features__pb2.ForgetUserRequest.SerializeToString,
                 response_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.ForgetUserResponse.FromString,
                 _registered_method=True)
+        self.ListItemVectors = channel.unary_unary(
+                '/recsys.features.v1.FeaturesService/ListItemVectors',
+                request_serializer=recsys_dot_features_dot_v1_dot_features__pb2.ListItemVectorsRequest.SerializeToString,
+                response_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.ListItemVectorsResponse.FromString,
+                _registered_method=True)
 
 
 class FeaturesServiceServicer:
@@ -144,6 +149,14 @@ class FeaturesServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListItemVectors(self, request, context):
+        """Pages through the catalogue in item id order with each item's content vector: what a
+        trainer learns from and what a new model version embeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeaturesServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +204,11 @@ def add_FeaturesServiceServicer_to_server(servicer, server):
                     servicer.ForgetUser,
                     request_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.ForgetUserRequest.FromString,
                     response_serializer=recsys_dot_features_dot_v1_dot_features__pb2.ForgetUserResponse.SerializeToString,
+            ),
+            'ListItemVectors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListItemVectors,
+                    request_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.ListItemVectorsRequest.FromString,
+                    response_serializer=recsys_dot_features_dot_v1_dot_features__pb2.ListItemVectorsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -436,6 +454,33 @@ class FeaturesService:
             '/recsys.features.v1.FeaturesService/ForgetUser',
             recsys_dot_features_dot_v1_dot_features__pb2.ForgetUserRequest.SerializeToString,
             recsys_dot_features_dot_v1_dot_features__pb2.ForgetUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListItemVectors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.features.v1.FeaturesService/ListItemVectors',
+            recsys_dot_features_dot_v1_dot_features__pb2.ListItemVectorsRequest.SerializeToString,
+            recsys_dot_features_dot_v1_dot_features__pb2.ListItemVectorsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,16 +90,20 @@ class DeleteVectorsResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("index", "vector", "k", "filter")
+    __slots__ = ("index", "vector", "k", "filter", "exclude_item_ids", "boosts")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    BOOSTS_FIELD_NUMBER: _ClassVar[int]
     index: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     k: int
     filter: _gateway_pb2.Filter
-    def __init__(self, index: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ...) -> None: ...
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    boosts: _containers.RepeatedCompositeFieldContainer[WeightedItem]
+    def __init__(self, index: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., boosts: _Optional[_Iterable[_Union[WeightedItem, _Mapping]]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits",)
@@ -142,3 +146,15 @@ class GetIndexStatsResponse(_message.Message):
     kind: str
     generation: int
     def __init__(self, size: _Optional[int] = ..., dimension: _Optional[int] = ..., kind: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class DropIndexRequest(_message.Message):
+    __slots__ = ("index",)
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    index: str
+    def __init__(self, index: _Optional[str] = ...) -> None: ...
+
+class DropIndexResponse(_message.Message):
+    __slots__ = ("dropped",)
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    dropped: bool
+    def __init__(self, dropped: _Optional[bool] = ...) -> None: ...

@@ -64,6 +64,11 @@ class RetrievalServiceStub:
                 request_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileRequest.SerializeToString,
                 response_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileResponse.FromString,
                 _registered_method=True)
+        self.DropIndex = channel.unary_unary(
+                '/recsys.retrieval.v1.RetrievalService/DropIndex',
+                request_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.DropIndexRequest.SerializeToString,
+                response_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.DropIndexResponse.FromString,
+                _registered_method=True)
 
 
 class RetrievalServiceServicer:
@@ -109,6 +114,13 @@ class RetrievalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DropIndex(self, request, context):
+        """Removes an index and its vectors; a model version's index goes once the version is retired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrievalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +153,11 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     servicer.SearchByProfile,
                     request_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileRequest.FromString,
                     response_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileResponse.SerializeToString,
+            ),
+            'DropIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropIndex,
+                    request_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.DropIndexRequest.FromString,
+                    response_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.DropIndexResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +322,33 @@ class RetrievalService:
             '/recsys.retrieval.v1.RetrievalService/SearchByProfile',
             recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileRequest.SerializeToString,
             recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.retrieval.v1.RetrievalService/DropIndex',
+            recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.DropIndexRequest.SerializeToString,
+            recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.DropIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""The embedding service: NVIDIA Triton Inference Server serving the user and item towers."""

@@ -1,0 +1,40 @@
+"""A stored model version as a Triton model repository for the official Triton image:
+the PyTorch backend (`platform: "pytorch_libtorch"`) on GPU instances, the same TorchScript
+`model.pt` that the Python backend serves locally."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from services.embedding.repository import TOWERS, Repository, Serving
+from services.trainer.training import load_trained
+from shared.model_store import ModelStore
+from shared.two_tower import export_towers, tower_io
+
+# A GPU takes bigger batches than the CPU here, and waits less for them to form.
+GPU_SERVING = Serving(max_batch_size=1024, queue_delay_us=100, instances=1)
+
+
+def export_repository(
+    store: ModelStore,
+    out: Path,
+    version: int | None = None,
+    serving: Serving = GPU_SERVING,
+) -> int:
+    """Writes `<out>/<tower>/config.pbtxt` and `<out>/<tower>/<version>/model.pt`; returns
+    the version written (the live one unless given)."""
+    if version is None:
+        live = store.live()
+        if live is None:
+            raise ValueError("no live version to export; pass a version")
+        version = live.version
+    trained = load_trained(store.version_dir(version) / "weights")
+    repository = Repository(out, variant="pytorch_libtorch", serving=serving)
+    io = tower_io(trained.tower)
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = export_towers(trained.model, Path(scratch))
+        for tower in TOWERS:
+            repository.add_version(tower, version, paths[tower])
+            repository.set_versions(tower, io[tower], [version])
+    return version

@@ -1,0 +1,156 @@
+"""Client of the embedding service (Triton): the towers' vectors for a given model version.
+
+Every call has a deadline; a call that finds Triton UNAVAILABLE (restarting, overloaded,
+the version still loading) is retried with backoff while the deadline allows. Readiness is
+asked per model and version, never with the server-wide ready flag, which says nothing
+about the version a caller needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import numpy as np
+from tritonclient.grpc import InferInput
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from shared.server import MAX_MESSAGE_BYTES
+
+USER_TOWER = "user_tower"
+ITEM_TOWER = "item_tower"
+OUTPUT = "embedding"
+_RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED")
+
+T = TypeVar("T")
+
+
+class EmbeddingUnavailable(RuntimeError):
+    """No vectors from Triton (down, past the deadline, or the version is not loaded);
+    callers fall back or report UNAVAILABLE."""
+
+
+def _is_retryable(error: InferenceServerException) -> bool:
+    return str(error.status()) in _RETRYABLE
+
+
+def _input(name: str, values: np.ndarray, datatype: str) -> InferInput:
+    tensor = InferInput(name, list(values.shape), datatype)
+    tensor.set_data_from_numpy(values)
+    return tensor
+
+
+class EmbeddingClient:
+    """Build it inside the running event loop (it owns a grpc.aio channel)."""
+
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float = 1.0,
+        attempts: int = 3,
+        backoff_s: float = 0.01,
+    ) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self._client = InferenceServerClient(
+            address,
+            channel_args=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_time_ms", 30_000),
+            ],
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def _call(
+        self, what: str, call: Callable[[float], Awaitable[T]], timeout_s: float | None
+    ) -> T:
+        budget = self.timeout_s if timeout_s is None else timeout_s
+        give_up = time.monotonic() + budget
+        delay = self.backoff_s
+        for attempt in range(1, self.attempts + 1):
+            remaining = give_up - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                return await call(remaining)
+            except InferenceServerException as error:
+                # Not retryable (a retired version is NOT_FOUND): the caller falls back now.
+                last_try = attempt == self.attempts or time.monotonic() + delay >= give_up
+                if not _is_retryable(error) or last_try:
+                    raise EmbeddingUnavailable(f"{what}: {error.message()}") from error
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise EmbeddingUnavailable(f"{what}: no answer within {budget:.3f}s")
+
+    async def ready(self, model: str, version: int, timeout_s: float | None = None) -> bool:
+        try:
+            return bool(
+                await self._call(
+                    f"{model} v{version} ready",
+                    lambda t: self._client.is_model_ready(model, str(version), client_timeout=t),
+                    timeout_s,
+                )
+            )
+        except (EmbeddingUnavailable, InferenceServerException):
+            return False
+
+    async def load(self, model: str, timeout_s: float = 300.0) -> None:
+        """(Re)loads a model with the versions its config lists now."""
+        await self._client.load_model(model, client_timeout=timeout_s)
+
+    async def unload(self, model: str, timeout_s: float = 60.0) -> None:
+        await self._client.unload_model(model, client_timeout=timeout_s)
+
+    async def _infer(
+        self, model: str, version: int, inputs: list[InferInput], timeout_s: float | None
+    ) -> np.ndarray:
+        async def attempt(remaining: float) -> np.ndarray:
+            result = await self._client.infer(
+                model, inputs, model_version=str(version), client_timeout=remaining
+            )
+            output = result.as_numpy(OUTPUT)
+            if output is None:
+                raise EmbeddingUnavailable(f"{model} v{version} returned no {OUTPUT!r}")
+            return np.asarray(output, dtype=np.float32)
+
+        return await self._call(f"{model} v{version}", attempt, timeout_s)
+
+    async def user_vectors(
+        self,
+        version: int,
+        user_rows: np.ndarray,
+        history_rows: np.ndarray,
+        history_weights: np.ndarray,
+        timeout_s: float | None = None,
+    ) -> np.ndarray:
+        """One vector per user: user_rows [B,1] int64, history [B,L] (left-padded with 0)."""
+        inputs = [
+            _input("user_row", np.ascontiguousarray(user_rows, dtype=np.int64), "INT64"),
+            _input("history_rows", np.ascontiguousarray(history_rows, dtype=np.int64), "INT64"),
+            _input(
+                "history_weights", np.ascontiguousarray(history_weights, dtype=np.float32), "FP32"
+            ),
+        ]
+        return await self._infer(USER_TOWER, version, inputs, timeout_s)
+
+    async def item_vectors(
+        self,
+        version: int,
+        item_rows: np.ndarray,
+        content: np.ndarray,
+        timeout_s: float | None = None,
+    ) -> np.ndarray:
+        """One vector per item: item_rows [B,1] int64 (0 = unknown to the model), content [B,D]."""
+        inputs = [
+            _input("item_row", np.ascontiguousarray(item_rows, dtype=np.int64), "INT64"),
+            _input("content", np.ascontiguousarray(content, dtype=np.float32), "FP32"),
+        ]
+        return await self._infer(ITEM_TOWER, version, inputs, timeout_s)

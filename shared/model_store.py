@@ -1,0 +1,121 @@
+"""The model store: one directory shared by trainer, Triton and gateway (a volume at scale).
+
+    <root>/versions/<N>/          a trained version: weights, TorchScript towers, serving.json
+    <root>/triton/                Triton's model repository (user_tower/, item_tower/)
+    <root>/live.json              which version serves; the gateway switches when it changes
+
+serving.json is what a gateway needs to call version N: the id -> row maps of its towers
+(row = position + 1; row 0 is "unknown to this version") and the history length.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+LIVE_FILE = "live.json"
+SERVING_FILE = "serving.json"
+MODEL_FAMILY = "two-tower"
+
+
+def model_name(version: int) -> str:
+    """What Recommend reports, and the retrieval index holding the version's item vectors."""
+    return f"{MODEL_FAMILY}-{version}"
+
+
+def write_json_atomically(path: Path, value: object) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("w") as f:
+        json.dump(value, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+@dataclass(frozen=True)
+class LiveVersion:
+    version: int
+    published_at: float
+    trained_through_offset: int
+    previous: int | None = None
+
+
+@dataclass(frozen=True)
+class ServingInfo:
+    version: int
+    history_len: int
+    dimension: int
+    users: Mapping[str, int]
+    items: Mapping[str, int]
+
+    @property
+    def name(self) -> str:
+        return model_name(self.version)
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def repository(self) -> Path:
+        return self.root / "triton"
+
+    def version_dir(self, version: int) -> Path:
+        return self.root / "versions" / str(version)
+
+    def versions(self) -> list[int]:
+        directory = self.root / "versions"
+        if not directory.exists():
+            return []
+        return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+    def next_version(self) -> int:
+        return max(self.versions(), default=0) + 1
+
+    def live(self) -> LiveVersion | None:
+        try:
+            raw = json.loads((self.root / LIVE_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        return LiveVersion(**raw)
+
+    def set_live(self, live: LiveVersion) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(self.root / LIVE_FILE, asdict(live))
+
+    def write_serving(
+        self,
+        version: int,
+        history_len: int,
+        dimension: int,
+        user_ids: Sequence[str],
+        item_ids: Sequence[str],
+    ) -> None:
+        directory = self.version_dir(version)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(
+            directory / SERVING_FILE,
+            {
+                "version": version,
+                "history_len": history_len,
+                "dimension": dimension,
+                "users": list(user_ids),
+                "items": list(item_ids),
+                "written_at": time.time(),
+            },
+        )
+
+    def serving(self, version: int) -> ServingInfo:
+        raw = json.loads((self.version_dir(version) / SERVING_FILE).read_text())
+        return ServingInfo(
+            version=int(raw["version"]),
+            history_len=int(raw["history_len"]),
+            dimension=int(raw["dimension"]),
+            users={user: row for row, user in enumerate(raw["users"], start=1)},
+            items={item: row for row, item in enumerate(raw["items"], start=1)},
+        )

@@ -1,0 +1,165 @@
+"""The trained model through the whole suite: `recsys train` learns the event log and
+publishes to Triton and retrieval; Recommend answers from it; a new version takes over
+under load without a failed or mixed answer; a stalled Triton falls back to content."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recsys.gateway.v1 import gateway_pb2 as api
+from services.embedding.repository import read_config
+from services.trainer.export import export_repository
+from shared.catalog import Item
+from shared.model_store import ModelStore
+from tests.e2e.harness import UserSuite, catalogue
+from tests.e2e.test_events import T0, ids, log, rate, recommend
+
+USERS = 40
+CONTENT_MODEL = "content-profile"
+
+
+def _ratings(movies: list[str]) -> list[api.Event]:
+    """Two taste groups over disjoint halves of the catalogue, in time order."""
+    rng = random.Random(7)
+    half = len(movies) // 2
+    events = []
+    for n in range(USERS * 15):
+        user = n % USERS
+        pool = movies[:half] if user % 2 == 0 else movies[half:]
+        item = pool[rng.randrange(40)]  # each group rates a small head of its half
+        events.append(rate(f"m{n}", f"u{user}", item, T0 + n, value=float(rng.choice((3, 4, 5)))))
+    return events
+
+
+def _wait_for_version(suite: UserSuite, version: str, user: str = "u0") -> api.RecommendResponse:
+    deadline = time.monotonic() + 30
+    while True:
+        reply = recommend(suite, user)
+        if reply.model_version == version or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserSuite]:
+    running = UserSuite(tmp_path_factory.mktemp("model")).start()
+    movies = catalogue()
+    client = running.client()
+    for start in range(0, len(movies), 256):
+        client.upsert(movies[start : start + 256])
+    events = _ratings([m.item_id for m in movies])
+    for start in range(0, len(events), 500):
+        log(running, *events[start : start + 500])
+    yield running
+    assert running.terminate() == 0
+
+
+def test_recommend_answers_from_the_published_model(suite: UserSuite) -> None:
+    assert recommend(suite, "u0").model_version == CONTENT_MODEL
+    output = suite.train()
+    assert "published version 1" in output
+
+    reply = _wait_for_version(suite, "two-tower-1")
+    assert reply.model_version == "two-tower-1" and not reply.fallback
+    assert len(reply.items) == 10
+    rated = {e.item_id for e in _ratings([m.item_id for m in catalogue()]) if e.user_id == "u0"}
+    assert not rated & set(ids(reply)), "items the user rated are never recommended"
+    explained = recommend(suite, "u0", explain=True)
+    assert all(item.reasons for item in explained.items)
+
+
+def test_a_new_item_is_recommendable_by_the_model_at_once(suite: UserSuite) -> None:
+    _wait_for_version(suite, "two-tower-1")
+    fresh = Item("brand-new", title="A brand new film nobody has rated", categories=("Fresh",))
+    suite.client().upsert([fresh])
+    reply = recommend(suite, "u0", filter=api.Filter(include_categories=["Fresh"]))
+    assert reply.model_version == "two-tower-1"
+    assert ids(reply) == ["brand-new"]
+
+
+def test_a_new_event_changes_the_answer_without_retraining(suite: UserSuite) -> None:
+    before = _wait_for_version(suite, "two-tower-1", user="newcomer")
+    assert before.fallback  # nothing known about this user yet: popular items
+    log(suite, rate("newcomer-1", "newcomer", catalogue()[0].item_id, T0 + 10_000))
+    after = recommend(suite, "newcomer")
+    assert after.model_version == "two-tower-1" and not after.fallback
+    assert ids(after) != ids(before)
+
+
+def test_a_switch_under_load_fails_nothing_and_mixes_no_versions(suite: UserSuite) -> None:
+    _wait_for_version(suite, "two-tower-1")
+    answers: dict[str, set[tuple[tuple[str, float], ...]]] = defaultdict(set)
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def keep_asking(user: str) -> None:
+        stub = suite.stub()
+        while not stop.is_set():
+            try:
+                reply = stub.Recommend(api.RecommendRequest(user_id=user, k=10), timeout=10)
+            except Exception as error:
+                failures.append(repr(error))
+                continue
+            answers[f"{user}/{reply.model_version}"].add(
+                tuple((i.item_id, round(i.score, 5)) for i in reply.items)
+            )
+
+    callers = [threading.Thread(target=keep_asking, args=(u,)) for u in ("u2", "u3", "u2")]
+    for caller in callers:
+        caller.start()
+    try:
+        assert "published version 2" in suite.train()
+        _wait_for_version(suite, "two-tower-2")
+        time.sleep(3)  # past the grace period: version 1 is retired under load too
+    finally:
+        stop.set()
+        for caller in callers:
+            caller.join(30)
+    assert not failures
+    versions = {key.split("/")[1] for key in answers}
+    assert versions == {"two-tower-1", "two-tower-2"}
+    # A user's history did not change, so every answer of one version is the same list with
+    # the same scores; a user vector of one version searched in the other's index is not.
+    for key, distinct in answers.items():
+        assert len(distinct) == 1, f"{key} answered {len(distinct)} different ways"
+    assert recommend(suite, "u2").model_version == "two-tower-2"
+
+
+def test_a_stalled_triton_falls_back_to_the_content_profile(suite: UserSuite) -> None:
+    version = recommend(suite, "u0").model_version
+    assert version.startswith("two-tower-")
+    triton = suite.service_pid("embedding")
+    os.kill(triton, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        reply = recommend(suite, "u0")
+        took = time.monotonic() - started
+    finally:
+        os.kill(triton, signal.SIGCONT)
+    assert reply.fallback and reply.model_version == CONTENT_MODEL
+    assert len(reply.items) == 10
+    assert took < 2.0
+    assert _wait_for_version(suite, version).model_version == version
+
+
+def test_the_live_version_exports_for_tritons_pytorch_backend(
+    suite: UserSuite, tmp_path: Path
+) -> None:
+    _wait_for_version(suite, "two-tower-1")
+    store = ModelStore(Path(suite.env["RECSYS_DATA_DIR"]) / "models")
+    version = export_repository(store, tmp_path / "production")
+    assert version == store.live().version  # type: ignore[union-attr]
+    for tower in ("user_tower", "item_tower"):
+        config = read_config(tmp_path / "production" / tower / "config.pbtxt")
+        assert config.platform == "pytorch_libtorch"
+        assert list(config.version_policy.specific.versions) == [version]
+        assert (tmp_path / "production" / tower / str(version) / "model.pt").stat().st_size > 0

@@ -1,0 +1,295 @@
+"""Offline replay of the two-tower model on MovieLens, next to the popularity baselines.
+
+    .venv/bin/python tools/two_tower_offline.py                  # 8 blocks, retrained per block
+    .venv/bin/python tools/two_tower_offline.py --warm           # warm-started from the last block
+    .venv/bin/python tools/two_tower_offline.py --blocks 2 --set epochs=2 --set dim=32
+
+Item content vectors come from the text encoder once and are cached (--content-cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.suite.evaluation import protocols  # noqa: E402
+from services.suite.evaluation.baselines import ItemKNN, MostPopular, RecentlyPopular  # noqa: E402
+from services.suite.evaluation.dataset import Split, load_interactions, split  # noqa: E402
+from services.suite.evaluation.interactions import Interaction  # noqa: E402
+from services.suite.evaluation.metrics import ndcg_at_k  # noqa: E402
+from services.suite.evaluation.subjects import BaselineSubject  # noqa: E402
+from services.suite.movielens import dataset_dir, load_movies  # noqa: E402
+from services.trainer.training import (  # noqa: E402
+    TrainConfig,
+    TrainedModel,
+    embed_items,
+    embed_users,
+    train,
+)
+from shared.events import Event, EventType, LoggedEvent, interaction_weight  # noqa: E402
+from shared.two_tower import TowerConfig  # noqa: E402
+
+SHOWN = ("recall@20", "ndcg@10", "hr@10", "cold_recall@20", "coverage@10")
+
+
+def item_content(cache: Path) -> dict[str, np.ndarray]:
+    ids_file = cache.with_name(cache.stem + "_ids.json")
+    if cache.exists() and ids_file.exists():
+        ids = json.loads(ids_file.read_text())
+        vectors = np.load(cache)
+    else:
+        from services.features.encoder import TextEncoder
+
+        movies = load_movies()
+        encoder = TextEncoder(threads=2)
+        encoder.load()
+        vectors = encoder.encode([movie.text() for movie in movies])
+        ids = [movie.item_id for movie in movies]
+        np.save(cache, vectors)
+        ids_file.write_text(json.dumps(ids))
+    return dict(zip(ids, vectors, strict=True))
+
+
+def logged(events: Sequence[Interaction]) -> list[LoggedEvent]:
+    return [
+        LoggedEvent(
+            n + 1,
+            Event(
+                f"{e.user_id}:{e.item_id}",
+                e.user_id,
+                e.item_id,
+                EventType.RATE,
+                e.rating,
+                e.timestamp,
+            ),
+        )
+        for n, e in enumerate(events)
+    ]
+
+
+class TwoTowerSubject:
+    """Trains at the start of every block; ranks every existing item by inner product."""
+
+    def __init__(
+        self,
+        content: Mapping[str, np.ndarray],
+        config: TrainConfig,
+        tower: TowerConfig,
+        warm_config: TrainConfig | None,
+        retrain_every: int = 1,
+    ) -> None:
+        self.retrain_every = retrain_every
+        self.block = -1
+        self.name = "two-tower" + (" (warm)" if warm_config else "")
+        self.content = content
+        self.config = config
+        self.tower = tower
+        self.warm_config = warm_config
+        self.trained: TrainedModel | None = None
+        self.block_reports: list[dict[str, float]] = []
+        self._histories: dict[str, list[tuple[str, float]]] = {}
+        self._user_vectors: dict[str, np.ndarray] = {}
+        self._items: list[str] = []
+        self._item_vectors = np.zeros((0, 1), dtype=np.float32)
+        self._column: dict[str, int] = {}
+
+    def start_block(self, history: Sequence[Interaction], new_items: set[str]) -> None:
+        existing = sorted({e.item_id for e in history} | new_items)
+        catalogue = {i: self.content[i] for i in existing if i in self.content}
+        self.block += 1
+        if self.trained is None or self.block % self.retrain_every == 0:
+            self._train(logged(history), catalogue)
+        assert self.trained is not None
+        trained = self.trained
+        self._items = existing
+        self._column = {item: n for n, item in enumerate(existing)}
+        self._item_vectors = embed_items(trained, existing, catalogue)
+        self._histories = {}
+        for event in history:
+            self._remember(event)
+        self._refresh_users(list(self._histories))
+
+    def _train(self, events: list[LoggedEvent], catalogue: Mapping[str, np.ndarray]) -> None:
+        if self.trained is not None and self.warm_config is not None:
+            trained = train(events, catalogue, self.warm_config, previous=self.trained)
+        else:
+            trained = train(events, catalogue, self.config, tower=self.tower)
+        self.trained = trained
+        metrics = trained.metrics
+        self.block_reports.append({"seconds": trained.training_seconds, **metrics})
+        print(
+            f"  block {self.block}: trained on {len(events)} events in "
+            f"{trained.training_seconds:.1f}s; holdout "
+            + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k != "users"),
+            flush=True,
+        )
+
+    def _remember(self, event: Interaction) -> None:
+        weight = interaction_weight(EventType.RATE, event.rating)
+        self._histories.setdefault(event.user_id, []).append((event.item_id, weight))
+
+    def _refresh_users(self, users: list[str]) -> None:
+        assert self.trained is not None
+        histories = [self._histories.get(u, []) for u in users]
+        vectors = embed_users(self.trained, users, histories)
+        self._user_vectors.update(zip(users, vectors, strict=True))
+
+    def recommend(self, user_id: str, k: int, seen: set[str], existing: set[str]) -> list[str]:
+        if user_id not in self._user_vectors:
+            self._refresh_users([user_id])
+        scores = self._item_vectors @ self._user_vectors[user_id]
+        excluded = [self._column[i] for i in seen if i in self._column]
+        scores[excluded] = -np.inf
+        best = np.argpartition(-scores, k)[:k] if scores.size > k else np.arange(scores.size)
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return [self._items[c] for c in best if np.isfinite(scores[c])]
+
+    def reveal(self, events: Sequence[Interaction]) -> None:
+        for event in events:
+            self._remember(event)
+        self._user_vectors = {}  # the next request sees the new history, without retraining
+
+
+def overrides(pairs: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    train_fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    tower_fields = {f.name: f.type for f in dataclasses.fields(TowerConfig)}
+    train_values: dict[str, Any] = {}
+    tower_values: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, text = pair.partition("=")
+        value: Any = json.loads(text) if text not in ("True", "False") else text == "True"
+        if key.startswith("warm_"):
+            continue
+        if key in train_fields:
+            train_values[key] = value
+        elif key in tower_fields:
+            tower_values[key] = value
+        else:
+            raise SystemExit(f"unknown setting {key}")
+    return train_values, tower_values
+
+
+def warm_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, text = pair.partition("=")
+        if key.startswith("warm_"):
+            result[key.removeprefix("warm_")] = json.loads(text)
+    return result
+
+
+class Recording:
+    """Passes calls through and keeps each block's rankings, to split the figures by users
+    with and without a history."""
+
+    def __init__(self, subject: Any) -> None:
+        self.subject = subject
+        self.name = subject.name
+        self.rankings: list[dict[str, tuple[list[str], bool]]] = []
+
+    def start_block(self, history: Sequence[Interaction], new_items: set[str]) -> None:
+        self.rankings.append({})
+        self.subject.start_block(history, new_items)
+
+    def recommend(self, user_id: str, k: int, seen: set[str], existing: set[str]) -> list[str]:
+        ranked: list[str] = self.subject.recommend(user_id, k, seen, existing)
+        self.rankings[-1][user_id] = (ranked, not seen)
+        return ranked
+
+    def reveal(self, events: Sequence[Interaction]) -> None:
+        self.subject.reveal(events)
+
+    def by_kind(self, data: Split) -> dict[str, float]:
+        scores: dict[str, list[float]] = {"new": [], "known": []}
+        for number, block in enumerate(data.blocks):
+            before = {(e.user_id, e.item_id) for e in data.before(number)}
+            truth: dict[str, set[str]] = {}
+            for e in block:
+                if (e.user_id, e.item_id) not in before:
+                    truth.setdefault(e.user_id, set()).add(e.item_id)
+            for user, (ranked, new) in self.rankings[number].items():
+                scores["new" if new else "known"].append(ndcg_at_k(ranked, truth[user], 10))
+        return {f"ndcg@10 {kind}": float(np.mean(v)) for kind, v in scores.items() if v}
+
+
+def run(subject: Any, data: Split, prequential: bool) -> dict[str, Any]:
+    started = time.monotonic()
+    recording = Recording(subject)
+    blocks = protocols.run_blocks(recording, data, lambda _: None)
+    result: dict[str, Any] = {
+        "by_kind": recording.by_kind(data),
+        "blocks": protocols.overall(blocks, "users"),
+        "per_block": blocks,
+        "seconds": time.monotonic() - started,
+    }
+    if prequential:
+        result["prequential"] = protocols.overall(
+            protocols.run_prequential(subject, data, lambda _: None), "events"
+        )
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--ratings", type=Path, default=dataset_dir() / "ratings.csv")
+    parser.add_argument("--content-cache", type=Path, default=Path("/tmp/ml_content.npy"))
+    parser.add_argument("--blocks", type=int, default=8, help="evaluate only the first N blocks")
+    parser.add_argument("--warm", action="store_true", help="warm-start each block's training")
+    parser.add_argument("--prequential", action="store_true")
+    parser.add_argument("--retrain-every", type=int, default=1, help="blocks between trainings")
+    parser.add_argument("--max-events", type=int, default=0)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="key=value (TrainConfig, TowerConfig; warm_key for the warm start)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    interactions = load_interactions(args.ratings)
+    if args.max_events:
+        interactions = interactions[: args.max_events]
+    data = split(interactions, 0.6, 8)
+    data = Split(data.history, data.blocks[: args.blocks])
+    train_values, tower_values = overrides(args.set)
+    config = TrainConfig(**train_values)
+    warm = None
+    if args.warm:
+        warm = dataclasses.replace(config, **{"epochs": 1.0, **warm_overrides(args.set)})
+    subject = TwoTowerSubject(
+        item_content(args.content_cache),
+        config,
+        TowerConfig(**tower_values),
+        warm,
+        args.retrain_every,
+    )
+    results = {subject.name: run(subject, data, args.prequential)}
+    for baseline in (RecentlyPopular(window=5_000), MostPopular(), ItemKNN()):
+        results[baseline.name] = run(BaselineSubject(baseline), data, args.prequential)
+    seconds = [r["seconds"] for r in subject.block_reports]
+    mean, most = np.mean(seconds), max(seconds)
+    print(f"\n{len(data.blocks)} blocks; seconds per training: mean {mean:.1f}, max {most:.1f}")
+    print(f"{'subject':<22}" + "".join(f"{k:>16}" for k in SHOWN) + "   prequential hr@10")
+    for name, result in results.items():
+        row = "".join(f"{result['blocks'][k]:>16.4f}" for k in SHOWN)
+        pre = result.get("prequential", {}).get("hr@10", float("nan"))
+        kinds = ", ".join(f"{k} {v:.4f}" for k, v in result["by_kind"].items())
+        print(f"{name:<22}{row}   {pre:.4f}   {kinds}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
