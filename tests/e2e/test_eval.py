@@ -32,7 +32,7 @@ def test_eval_reports_both_protocols_for_suite_and_baselines(tmp_path: Path) -> 
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=840,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "eval.json").read_text())
