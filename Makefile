@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up demo test test-fast bench eval protos lint check clean
+.PHONY: help setup up demo test test-fast bench eval eval-continual protos lint check clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -33,7 +33,7 @@ test: setup ## Run the whole test suite (unit, integration, end-to-end)
 test-fast: setup ## Run the unit tests only
 	$(PY) -m pytest tests/unit
 
-bench: setup ## Benchmark ingest and SimilarItems latency on the MovieLens catalogue
+bench: setup ## Benchmark ingest, SimilarItems, Recommend, the model and the continual trainer on MovieLens
 	$(VENV)/bin/recsys bench
 
 # MovieLens is sparse (100k ratings over 22 years): trending decays over a year, not a week.
@@ -41,6 +41,10 @@ EVAL_ENV ?= RECSYS_FEATURES_TRENDING_HALF_LIFE_S=31536000
 
 eval: setup ## Replay MovieLens through the API against baselines; writes docs/eval (README figures)
 	$(EVAL_ENV) $(VENV)/bin/recsys eval --out docs/eval
+
+# In-process, with the trainer's code: continual learning vs full retrain vs a frozen model.
+eval-continual: setup ## Replay MovieLens: continual learning vs full retrain vs frozen; writes docs/eval/continual.*
+	$(PY) tools/continual_offline.py --trending-half-life-s 31536000 --out docs/eval
 
 protos: setup ## Regenerate Python code and stubs from protos/ (commit the result)
 	$(VENV)/bin/buf lint

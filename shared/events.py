@@ -56,6 +56,7 @@ class Event:
 class LoggedEvent:
     offset: int
     event: Event
+    appended_at: float = 0.0  # when the log acknowledged it (server clock); 0 when unknown
 
 
 @dataclass(frozen=True)

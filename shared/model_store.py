@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 LIVE_FILE = "live.json"
@@ -42,6 +42,10 @@ class LiveVersion:
     published_at: float
     trained_through_offset: int
     previous: int | None = None
+    # When the log acknowledged the newest event inside this version (0: unknown).
+    newest_event_appended_at: float = 0.0
+    # The version's figures on the gate's events when it was published.
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

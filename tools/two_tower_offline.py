@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -23,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from services.features.trending import Trending  # noqa: E402
 from services.suite.evaluation import protocols  # noqa: E402
 from services.suite.evaluation.baselines import ItemKNN, MostPopular, RecentlyPopular  # noqa: E402
 from services.suite.evaluation.dataset import Split, load_interactions, split  # noqa: E402
@@ -35,6 +37,8 @@ from services.trainer.training import (  # noqa: E402
     TrainedModel,
     embed_items,
     embed_users,
+    load_trained,
+    save_trained,
     train,
 )
 from shared.events import Event, EventType, LoggedEvent, interaction_weight  # noqa: E402
@@ -161,6 +165,145 @@ class TwoTowerSubject:
         self._user_vectors = {}  # the next request sees the new history, without retraining
 
 
+class TrainedPerBlock:
+    """One training per block, shared by every serving variant and kept on disk, so that
+    serving settings can be compared on the very same models."""
+
+    def __init__(
+        self,
+        content: Mapping[str, np.ndarray],
+        config: TrainConfig,
+        tower: TowerConfig,
+        cache: Path,
+    ) -> None:
+        self.content = content
+        self.config = config
+        self.tower = tower
+        key = json.dumps([dataclasses.asdict(config), dataclasses.asdict(tower)], sort_keys=True)
+        self.cache = cache / hashlib.sha256(key.encode()).hexdigest()[:12]
+        self.cache.mkdir(parents=True, exist_ok=True)
+        (self.cache / "settings.json").write_text(key)
+
+    def get(self, history: Sequence[Interaction]) -> TrainedModel:
+        directory = self.cache / f"through-{len(history)}"
+        if (directory / "config.json").exists():
+            return load_trained(directory)
+        catalogue = {i: self.content[i] for i in {e.item_id for e in history} if i in self.content}
+        trained = train(logged(history), catalogue, self.config, tower=self.tower)
+        print(f"  {len(history)} events: trained in {trained.training_seconds:.1f}s", flush=True)
+        save_trained(trained, directory)
+        return trained
+
+
+class GatewaySubject:
+    """What the gateway's model path does: the user tower on the latest history, inner
+    product over every item, plus trending popularity scaled so that the most popular
+    item gains `popularity_weight`; a user the model has never met with no history gets
+    the trending list."""
+
+    def __init__(
+        self,
+        models: TrainedPerBlock,
+        popularity_weight: float,
+        trending_half_life_s: float = 7 * 24 * 3600.0,
+        trending_candidates: int = 200,
+        history_len: int = 50,
+        content_weight: float = 0.0,
+        model_weight: float = 1.0,
+        profile_half_life_s: float = 7 * 24 * 3600.0,
+    ) -> None:
+        """`content_weight` adds the content-profile path's similarity (the gateway's
+        fallback: the user's recent items' MiniLM vectors, weighted by rating and age)."""
+        self.name = f"gateway w={popularity_weight:g}"
+        if content_weight or model_weight != 1.0:
+            self.name += f" model={model_weight:g} content={content_weight:g}"
+        self.content_weight = content_weight
+        self.model_weight = model_weight
+        self.profile_half_life_s = profile_half_life_s
+        self._stamps: dict[str, list[float]] = {}
+        self._content = np.zeros((0, 1), dtype=np.float32)
+        self.models = models
+        self.weight = popularity_weight
+        self.candidates = trending_candidates
+        self.history_len = history_len
+        self.trending = Trending(trending_half_life_s)
+        self.block = -1
+        self.trained: TrainedModel | None = None
+        self._histories: dict[str, list[tuple[str, float]]] = {}
+        self._items: list[str] = []
+        self._column: dict[str, int] = {}
+        self._item_vectors = np.zeros((0, 1), dtype=np.float32)
+
+    def start_block(self, history: Sequence[Interaction], new_items: set[str]) -> None:
+        self.block += 1
+        self.trending = Trending(self.trending.half_life_s)
+        self._histories = {}
+        self._stamps = {}
+        for event in history:
+            self._remember(event)
+        self.trained = trained = self.models.get(history)
+        self._items = sorted({e.item_id for e in history} | new_items)
+        self._column = {item: n for n, item in enumerate(self._items)}
+        self._item_vectors = embed_items(trained, self._items, self.models.content)
+        if self.content_weight:
+            dim = trained.tower.content_dim
+            zero = np.zeros(dim, dtype=np.float32)
+            matrix = np.stack([self.models.content.get(i, zero) for i in self._items])
+            norms = np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-9)
+            self._content = (matrix / norms).astype(np.float32)
+
+    def _remember(self, event: Interaction) -> None:
+        weight = interaction_weight(EventType.RATE, event.rating)
+        self._histories.setdefault(event.user_id, []).append((event.item_id, weight))
+        self._stamps.setdefault(event.user_id, []).append(event.timestamp)
+        self.trending.add(
+            [Event("", event.user_id, event.item_id, EventType.RATE, event.rating, event.timestamp)]
+        )
+
+    def recommend(self, user_id: str, k: int, seen: set[str], existing: set[str]) -> list[str]:
+        assert self.trained is not None
+        trending = self.trending.top(self.candidates)
+        history = self._histories.get(user_id, [])[-self.history_len :]
+        if user_id not in self.trained.users and not any(
+            i in self.trained.items for i, _ in history
+        ):
+            return [i for i, _ in trending if i not in seen][:k]
+        scores = self.model_weight * (
+            self._item_vectors @ embed_users(self.trained, [user_id], [history])[0]
+        )
+        if self.content_weight and history:
+            scores += self.content_weight * (self._content @ self._profile(user_id))
+        if trending and self.weight > 0:
+            scale = self.weight / trending[0][1]
+            for item, score in trending:
+                column = self._column.get(item)
+                if column is not None:
+                    scores[column] += score * scale
+        excluded = [self._column[i] for i in seen if i in self._column]
+        scores[excluded] = -np.inf
+        best = np.argpartition(-scores, k)[:k] if scores.size > k else np.arange(scores.size)
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return [self._items[c] for c in best if np.isfinite(scores[c])]
+
+    def _profile(self, user_id: str) -> np.ndarray:
+        """As the gateway's content profile: the latest items, each weighted by its rating
+        and halved every half-life before the user's latest event; normalised."""
+        history = self._histories[user_id][-self.history_len :]
+        stamps = self._stamps[user_id][-self.history_len :]
+        latest = max(stamps)
+        vector = np.zeros(self._content.shape[1], dtype=np.float32)
+        for (item, weight), stamp in zip(history, stamps, strict=True):
+            column = self._column.get(item)
+            if column is not None:
+                age = max(0.0, latest - stamp)
+                vector += weight * 0.5 ** (age / self.profile_half_life_s) * self._content[column]
+        return vector / max(float(np.linalg.norm(vector)), 1e-9)
+
+    def reveal(self, events: Sequence[Interaction]) -> None:
+        for event in events:
+            self._remember(event)
+
+
 def overrides(pairs: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     train_fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     tower_fields = {f.name: f.type for f in dataclasses.fields(TowerConfig)}
@@ -252,6 +395,21 @@ def main() -> int:
     parser.add_argument("--retrain-every", type=int, default=1, help="blocks between trainings")
     parser.add_argument("--max-events", type=int, default=0)
     parser.add_argument(
+        "--popularity-weights",
+        default="",
+        help="comma-separated: evaluate the gateway's model path with these blends instead",
+    )
+    parser.add_argument("--model-cache", type=Path, default=Path("/tmp/two_tower_models"))
+    parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument(
+        "--blends",
+        default="",
+        help="comma-separated model:content:popularity weight triples for the gateway subject",
+    )
+    parser.add_argument(
+        "--trending-half-life-s", type=float, default=365 * 24 * 3600.0, help="as make eval sets"
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -269,19 +427,40 @@ def main() -> int:
     warm = None
     if args.warm:
         warm = dataclasses.replace(config, **{"epochs": 1.0, **warm_overrides(args.set)})
-    subject = TwoTowerSubject(
-        item_content(args.content_cache),
-        config,
-        TowerConfig(**tower_values),
-        warm,
-        args.retrain_every,
+    content = item_content(args.content_cache)
+    results: dict[str, Any] = {}
+    if args.blends:
+        models = TrainedPerBlock(content, config, TowerConfig(**tower_values), args.model_cache)
+        for triple in args.blends.split(","):
+            model_w, content_w, popularity_w = (float(x) for x in triple.split(":"))
+            blend = GatewaySubject(
+                models,
+                popularity_w,
+                args.trending_half_life_s,
+                content_weight=content_w,
+                model_weight=model_w,
+            )
+            results[blend.name] = run(blend, data, args.prequential)
+            print(f"  {blend.name}: {results[blend.name]['blocks']}", flush=True)
+    elif args.popularity_weights:
+        models = TrainedPerBlock(content, config, TowerConfig(**tower_values), args.model_cache)
+        for weight in (float(w) for w in args.popularity_weights.split(",")):
+            subject: Any = GatewaySubject(models, weight, args.trending_half_life_s)
+            results[subject.name] = run(subject, data, args.prequential)
+            print(f"  {subject.name}: {results[subject.name]['blocks']}", flush=True)
+    else:
+        subject = TwoTowerSubject(
+            content, config, TowerConfig(**tower_values), warm, args.retrain_every
+        )
+        results[subject.name] = run(subject, data, args.prequential)
+        seconds = [r["seconds"] for r in subject.block_reports]
+        print(f"\nseconds per training: mean {np.mean(seconds):.1f}, max {max(seconds):.1f}")
+    baselines = (
+        () if args.no_baselines else (RecentlyPopular(window=5_000), MostPopular(), ItemKNN())
     )
-    results = {subject.name: run(subject, data, args.prequential)}
-    for baseline in (RecentlyPopular(window=5_000), MostPopular(), ItemKNN()):
+    for baseline in baselines:
         results[baseline.name] = run(BaselineSubject(baseline), data, args.prequential)
-    seconds = [r["seconds"] for r in subject.block_reports]
-    mean, most = np.mean(seconds), max(seconds)
-    print(f"\n{len(data.blocks)} blocks; seconds per training: mean {mean:.1f}, max {most:.1f}")
+    print(f"\n{len(data.blocks)} blocks")
     print(f"{'subject':<22}" + "".join(f"{k:>16}" for k in SHOWN) + "   prequential hr@10")
     for name, result in results.items():
         row = "".join(f"{result['blocks'][k]:>16.4f}" for k in SHOWN)

@@ -1,10 +1,13 @@
 """The durable event log. Behind the `EventLog` protocol so that a networked log can back
 it at scale; the embedded one is SQLite (WAL, synchronous=FULL): a batch is on disk before
 it is acknowledged, offsets only grow (AUTOINCREMENT never reuses one), and event_id is
-unique, which makes appends idempotent."""
+unique, which makes appends idempotent. Each event keeps when it was appended (the server's
+clock), for freshness figures; logs written before that column existed read it as 0."""
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +24,12 @@ CREATE TABLE IF NOT EXISTS events (
     item_id    TEXT NOT NULL,
     type       INTEGER NOT NULL,
     value      REAL NOT NULL,
-    ts         REAL NOT NULL
+    ts         REAL NOT NULL,
+    appended_at REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, ts);
 """
-_COLUMNS = "log_offset, event_id, user_id, item_id, type, value, ts"
+_COLUMNS = "log_offset, event_id, user_id, item_id, type, value, ts, appended_at"
 
 
 @dataclass
@@ -54,8 +58,15 @@ class EventLog(Protocol):
     def close(self) -> None: ...
 
 
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Logs written before appended_at existed gain it; their events read 0 (unknown)."""
+    columns = {str(row[1]) for row in db.execute("PRAGMA table_info(events)")}
+    if "appended_at" not in columns:
+        db.execute("ALTER TABLE events ADD COLUMN appended_at REAL NOT NULL DEFAULT 0")
+
+
 def _event(row: Sequence[object]) -> LoggedEvent:
-    offset, event_id, user_id, item_id, kind, value, ts = row
+    offset, event_id, user_id, item_id, kind, value, ts, appended_at = row
     event = Event(
         str(event_id),
         str(user_id),
@@ -64,22 +75,25 @@ def _event(row: Sequence[object]) -> LoggedEvent:
         float(str(value)),
         float(str(ts)),
     )
-    return LoggedEvent(int(str(offset)), event)
+    return LoggedEvent(int(str(offset)), event, float(str(appended_at)))
 
 
 class SqliteEventLog(SqliteStore):
     def __init__(self, path: Path) -> None:
         super().__init__(path, _SCHEMA)
+        with self._lock:
+            _add_missing_columns(self._db)
 
     def append(self, batches: Sequence[Sequence[Event]]) -> list[AppendResult]:
         results = []
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
+            appended_at = time.time()
             for batch in batches:
-                results.append(self._append_batch(batch))
+                results.append(self._append_batch(batch, appended_at))
         return results
 
-    def _append_batch(self, batch: Sequence[Event]) -> AppendResult:
+    def _append_batch(self, batch: Sequence[Event], appended_at: float) -> AppendResult:
         result = AppendResult()
         for e in batch:
             # Looked up first, not INSERT OR IGNORE: an ignored insert still uses up an offset.
@@ -89,13 +103,13 @@ class SqliteEventLog(SqliteStore):
                 result.last_offset = existing
                 continue
             cursor = self._db.execute(
-                "INSERT INTO events (event_id, user_id, item_id, type, value, ts)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (e.event_id, e.user_id, e.item_id, int(e.type), e.value, e.timestamp),
+                "INSERT INTO events (event_id, user_id, item_id, type, value, ts, appended_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (e.event_id, e.user_id, e.item_id, int(e.type), e.value, e.timestamp, appended_at),
             )
             result.last_offset = int(cursor.lastrowid or 0)
             result.accepted += 1
-            result.stored.append(LoggedEvent(result.last_offset, e))
+            result.stored.append(LoggedEvent(result.last_offset, e, appended_at))
         return result
 
     def _offset_of(self, event_id: str) -> int | None:

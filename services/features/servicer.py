@@ -101,7 +101,11 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
         )
         return features_pb2.ReadEventsResponse(
             events=[
-                features_pb2.LoggedEvent(offset=e.offset, event=event_to_proto(e.event))
+                features_pb2.LoggedEvent(
+                    offset=e.offset,
+                    event=event_to_proto(e.event),
+                    appended_at=timestamp_of(e.appended_at) if e.appended_at else None,
+                )
                 for e in events
             ],
             end_offset=end,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from services.gateway.config import GatewayConfig
 from services.gateway.profile import profile_weights
 from services.gateway.reasons import MODEL_REASON, recommendation_reason, similar_item_reasons
 from services.gateway.serving import ServingModel, user_inputs
+from services.gateway.status import Status, freshness
 from shared.catalog import CONTENT_INDEX, validate_id, validate_ids, validate_items, validate_k
 from shared.clients import deadline
 from shared.convert import (
@@ -27,11 +29,13 @@ from shared.convert import (
     interaction_from_proto,
     item_to_proto,
     items_from_proto,
+    timestamp_of,
+    timestamp_seconds,
 )
 from shared.embedding_client import EmbeddingClient, EmbeddingUnavailable
 from shared.errors import InvalidArgument, Unavailable
 from shared.events import Event, Interaction, validate_events
-from shared.model_store import ServingInfo
+from shared.model_store import LiveVersion, ServingInfo
 
 # What answers Recommend until a trained model is published.
 CONTENT_MODEL = "content-profile"
@@ -432,3 +436,39 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             timeout=deadline(context, self.config.write_timeout_s),
         )
         return gateway_pb2.ForgetUserResponse(events_deleted=reply.events_deleted)
+
+    async def GetStatus(
+        self, request: gateway_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.GetStatusResponse:
+        model = self._model()  # read before the live pointer: serving never runs ahead of it
+        live = await self._live()
+        trained = live.trained_through_offset if live else 0
+        # One read gives both the log's end and the oldest event the model lacks.
+        reply = await self.features.ReadEvents(
+            features_pb2.ReadEventsRequest(from_offset=trained + 1, limit=1),
+            timeout=deadline(context, self.config.call_timeout_s),
+        )
+        missing = timestamp_seconds(reply.events[0].appended_at) if reply.events else 0.0
+        status = freshness(
+            model.name if model else CONTENT_MODEL, live, reply.end_offset, missing, time.time()
+        )
+        return _status_to_proto(status)
+
+    async def _live(self) -> LiveVersion | None:
+        if self.serving is None:
+            return None
+        return await asyncio.to_thread(self.serving.store.live)
+
+
+def _status_to_proto(status: Status) -> gateway_pb2.GetStatusResponse:
+    return gateway_pb2.GetStatusResponse(
+        serving_version=status.serving_version,
+        live_version=status.live_version,
+        previous_version=status.previous_version,
+        published_at=timestamp_of(status.published_at) if status.published_at else None,
+        trained_offset=status.trained_offset,
+        log_end_offset=status.log_end_offset,
+        events_behind=status.events_behind,
+        newest_event_age_s=status.newest_event_age_s,
+        oldest_missing_event_age_s=status.oldest_missing_event_age_s,
+    )

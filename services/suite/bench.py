@@ -2,7 +2,9 @@
 gateway and the same search done in-process on a VectorIndex, at 1 and at 8 callers; then,
 on the same suite, durable event ingest, Recommend latency and event-to-effect latency
 (services/suite/bench_events.py), and a two-tower model trained, published and timed in
-Triton and through Recommend (services/suite/bench_model.py).
+Triton and through Recommend (services/suite/bench_model.py). After them, on a second
+suite that runs the continual trainer: its memory, freshness, publish times and learning
+throughput (services/suite/bench_trainer.py).
 
 It starts its own suite on free loopback ports with a fresh data dir, so every item is
 encoded during ingest and nothing it does touches a suite that may already be running.
@@ -33,7 +35,7 @@ from tqdm import tqdm
 
 from services.retrieval.vector_index import IndexSettings, VectorIndex
 from services.suite.client import GatewayClient, batches
-from services.suite.launcher import Suite, SuiteError, SuiteSpec
+from services.suite.launcher import WITHOUT_TRAINER, Suite, SuiteError, SuiteSpec
 from services.suite.movielens import PROJECT_ROOT, load_movies
 from shared.catalog import CONTENT_INDEX, Item, ItemFilter
 
@@ -369,25 +371,56 @@ def print_log_tails(log_dir: Path | None, lines: int = 20) -> None:
         print("\n".join(tail), file=sys.stderr)
 
 
-def run_bench(requests: int = 2000) -> int:
+PARTS = ("suite", "trainer")  # the suite without the trainer; the trainer on its own suite
+TRAINER_REPORT_PATH = PROJECT_ROOT / "reports" / "bench_trainer.json"
+
+
+def run_bench(requests: int = 2000, only: str | None = None) -> int:
+    """Every part, or `only` one of PARTS (the trainer part alone writes its own report)."""
     if requests < max(CALLER_COUNTS):
         print(f"recsys bench: --requests must be at least {max(CALLER_COUNTS)}", file=sys.stderr)
         return 2
     # As the retrieval service does by default: one thread a search.
     faiss.omp_set_num_threads(1)
     movies = load_movies()
+    report: dict[str, Any] = {}
+    if only in (None, "suite"):
+        suite_report = bench_without_trainer(movies, requests)
+        if suite_report is None:
+            return 1
+        report.update(suite_report)
+    if only in (None, "trainer"):
+        trainer_report = bench_with_trainer(movies)
+        if trainer_report is None:
+            return 1
+        report["trainer"] = trainer_report
+    path = TRAINER_REPORT_PATH if only == "trainer" else REPORT_PATH
+    print(f"Results written to {write_report(report, path)}")
+    return 0
+
+
+def bench_without_trainer(movies: Sequence[Item], requests: int) -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
-        spec = SuiteSpec.on_free_ports(Path(tmp), Path(tmp) / "logs")
+        spec = SuiteSpec.on_free_ports(Path(tmp), Path(tmp) / "logs", WITHOUT_TRAINER)
         print(f"Starting the suite on {LOOPBACK} (service logs in {spec.log_dir}) ...", flush=True)
         started = time.perf_counter()
         try:
             with Suite(spec):
                 print(f"Suite ready in {time.perf_counter() - started:.1f} s.", flush=True)
-                report = bench_suite(spec, movies, requests)
+                return bench_suite(spec, movies, requests)
         except SuiteError as error:
             # The logs go with the temporary dir: show their ends while they still exist.
             print(f"recsys bench: {error}", file=sys.stderr)
             print_log_tails(spec.log_dir)
-            return 1
-    print(f"Results written to {write_report(report)}")
-    return 0
+            return None
+
+
+def bench_with_trainer(movies: Sequence[Item]) -> dict[str, Any] | None:
+    # Imported here: the trainer part builds on the events part and this module.
+    from services.suite.bench_trainer import bench_trainer
+
+    try:
+        return bench_trainer(movies)
+    except SuiteError as error:
+        print(f"recsys bench: {error}", file=sys.stderr)
+        return None

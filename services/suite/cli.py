@@ -64,7 +64,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from services.suite.bench import run_bench
 
-    return run_bench(requests=args.requests)
+    return run_bench(requests=args.requests, only=args.only)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -126,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         "bench", help="benchmark ingest rates, SimilarItems and Recommend latency"
     )
     bench.add_argument("--requests", type=int, default=2000, help="SimilarItems calls per run")
+    bench.add_argument(
+        "--only",
+        choices=("suite", "trainer"),
+        default=None,
+        help="run one part: the suite without the trainer, or the continual trainer's"
+        " (memory, freshness, publish, learning); default: both",
+    )
     evaluation = commands.add_parser(
         "eval", help="replay timestamped interactions through the API and report quality"
     )

@@ -1,5 +1,6 @@
 """The demo: load the MovieLens catalogue and ratings through the public API, print similar
-movies, train and publish the two-tower model, and print what it recommends."""
+movies, have the continual trainer learn the ratings and publish the two-tower model, and
+print what it recommends."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import asyncio
 import sys
 import time
 
+import grpc
 from tqdm import tqdm
 
 from recsys.gateway.v1 import gateway_pb2 as api
+from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.suite.client import GatewayClient, batches
 from services.suite.evaluation.dataset import load_interactions
 from services.suite.evaluation.subjects import LOG_BATCH, event_of
@@ -45,14 +48,51 @@ def print_similar(client: GatewayClient, item_id: str, k: int = 5) -> None:
         print(f"  {rank}. {title:<55} {scored.score:.3f}  {shared}")
 
 
-def load_ratings(client: GatewayClient) -> int:
+def load_ratings(client: GatewayClient) -> tuple[int, int]:
+    """Logs every rating; returns how many, and the log offset of the last."""
     ratings = load_interactions(dataset_dir() / "ratings.csv")
+    last = 0
     with tqdm(total=len(ratings), desc="LogEvents", unit="event") as progress:
         for batch in batches(ratings, LOG_BATCH):
             request = api.LogEventsRequest(events=[event_of(r) for r in batch])
-            client.stub.LogEvents(request, timeout=60)
+            last = client.stub.LogEvents(request, timeout=60).last_offset
             progress.update(len(batch))
-    return len(ratings)
+    return len(ratings), last
+
+
+def learn_with_trainer(spec: SuiteSpec, last_offset: int, timeout_s: float = 900) -> str:
+    """The trainer has been learning the ratings as they arrived (a first full training,
+    then micro-batches); a full retrain over all of them is asked for too. Returns the
+    first published version that holds every rating."""
+    with grpc.insecure_channel(spec.address("trainer")) as channel:
+        trainer = trainer_pb2_grpc.TrainerServiceStub(channel)
+        print(
+            "\nThe continual trainer learns the ratings as they arrive and publishes every few"
+            " seconds; asking it for a full retrain over all of them too ...",
+            flush=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                trainer.TriggerRetrain(trainer_pb2.TriggerRetrainRequest(full=True), timeout=10)
+                break
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                time.sleep(1.0)  # the first (bootstrap) training is still running
+        left = max(1.0, deadline - time.monotonic())
+        reached = trainer.WaitUntilTrained(
+            trainer_pb2.WaitUntilTrainedRequest(offset=last_offset, timeout_s=left),
+            timeout=left + 10,
+        )
+        status = trainer.GetStatus(trainer_pb2.GetStatusRequest(), timeout=10)
+    if not reached.reached:
+        raise RuntimeError(f"no published version holds offset {last_offset}: {status}")
+    print(
+        f"{reached.live_version} is live, trained through offset {reached.live_trained_offset}"
+        f" ({status.events_learned} events learned; gate: {status.last_gate_decision})."
+    )
+    return str(reached.live_version)
 
 
 def train_and_publish(spec: SuiteSpec) -> str:
@@ -111,8 +151,12 @@ def run_demo(keep_running: bool = False) -> int:
         print(f"Loaded {count} movies through {gateway}.")
         for item_id in SHOWCASE:
             print_similar(client, item_id)
-        print(f"\nLogged {load_ratings(client)} MovieLens ratings as events.")
-        version = train_and_publish(spec)
+        count, last_offset = load_ratings(client)
+        print(f"\nLogged {count} MovieLens ratings as events.")
+        if "trainer" in spec.services:
+            version = learn_with_trainer(spec, last_offset)
+        else:
+            version = train_and_publish(spec)
         for user_id in SHOWCASE_USERS:
             print_recommendations(client, user_id, version)
     finally:

@@ -4,6 +4,7 @@ started in dependency order, stopped with SIGTERM (then SIGKILL after a grace pe
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -22,10 +23,24 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared.config import DEFAULT_HOST, Env, data_root
 
 # Start order: the gateway last, since it is ready only once the others are.
-SERVICES = ("features", "retrieval", "embedding", "gateway")
-DEFAULT_PORTS = {"gateway": 50051, "features": 50052, "retrieval": 50053, "embedding": 50055}
+SERVICES = ("features", "retrieval", "embedding", "trainer", "gateway")
+# Without the continual trainer: models come only from explicit `recsys train` jobs.
+WITHOUT_TRAINER = tuple(s for s in SERVICES if s != "trainer")
+DEFAULT_PORTS = {
+    "gateway": 50051,
+    "features": 50052,
+    "retrieval": 50053,
+    "trainer": 50054,
+    "embedding": 50055,
+}
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-DEFAULT_METRICS_PORTS = {"gateway": 9151, "features": 9152, "retrieval": 9153, "embedding": 9155}
+DEFAULT_METRICS_PORTS = {
+    "gateway": 9151,
+    "features": 9152,
+    "retrieval": 9153,
+    "trainer": 9154,
+    "embedding": 9155,
+}
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,7 @@ class SuiteSpec:
     metrics_ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
     log_dir: Path | None = None  # None: services log to this process's stderr
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    services: tuple[str, ...] = SERVICES  # which ones run, in start order
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SuiteSpec:
@@ -47,10 +63,21 @@ class SuiteSpec:
             s: Env(f"RECSYS_{s.upper()}_", environ).integer("METRICS_PORT", p, 0, 65535)
             for s, p in DEFAULT_METRICS_PORTS.items()
         }
-        return cls(data_dir=data_root(environ), ports=ports, metrics_ports=metrics)
+        return cls(
+            data_dir=data_root(environ),
+            ports=ports,
+            metrics_ports=metrics,
+            services=services_from(Env("RECSYS_SUITE_", environ).string("SERVICES", "")),
+        )
 
     @classmethod
-    def on_free_ports(cls, data_dir: Path, log_dir: Path | None = None) -> SuiteSpec:
+    def on_free_ports(
+        cls,
+        data_dir: Path,
+        log_dir: Path | None = None,
+        services: tuple[str, ...] = SERVICES,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> SuiteSpec:
         """A private suite (benchmarks, evaluations): free loopback ports, no metrics."""
         ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
         return cls(
@@ -58,6 +85,8 @@ class SuiteSpec:
             ports=ports,
             metrics_ports={service: 0 for service in SERVICES},
             log_dir=log_dir,
+            extra_env=dict(extra_env or {}),
+            services=services,
         )
 
     def address(self, service: str) -> str:
@@ -85,11 +114,24 @@ class SuiteSpec:
                 f"{prefix}DATA_DIR": str(self.data_dir / service),
             }
         )
-        if service == "gateway":
-            env["RECSYS_GATEWAY_FEATURES_ADDRESS"] = self.address("features")
-            env["RECSYS_GATEWAY_RETRIEVAL_ADDRESS"] = self.address("retrieval")
-            env["RECSYS_GATEWAY_EMBEDDING_ADDRESS"] = self.address("embedding")
+        if service in ("gateway", "trainer"):
+            env[f"{prefix}FEATURES_ADDRESS"] = self.address("features")
+            env[f"{prefix}RETRIEVAL_ADDRESS"] = self.address("retrieval")
+            env[f"{prefix}EMBEDDING_ADDRESS"] = self.address("embedding")
+        if service == "trainer":
+            env[f"{prefix}STATE_DIR"] = str(self.data_dir / service)
         return env
+
+
+def services_from(listed: str) -> tuple[str, ...]:
+    """RECSYS_SUITE_SERVICES: a comma-separated subset of SERVICES ("" means all of them)."""
+    if not listed.strip():
+        return SERVICES
+    wanted = {name.strip() for name in listed.split(",") if name.strip()}
+    unknown = wanted - set(SERVICES)
+    if unknown:
+        raise ValueError(f"RECSYS_SUITE_SERVICES names unknown services: {sorted(unknown)}")
+    return tuple(s for s in SERVICES if s in wanted)
 
 
 def free_ports(count: int, host: str = DEFAULT_HOST) -> list[int]:
@@ -122,6 +164,14 @@ def _terminate_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def reap_group(leader: int) -> None:
+    """Ends what a service left behind in its own process group (it was started as the
+    group's leader): a service killed outright cannot stop its children itself, e.g. the
+    agents of the trainer's in-process Ray."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(leader, signal.SIGKILL)
+
+
 class SuiteError(RuntimeError):
     pass
 
@@ -144,9 +194,9 @@ class Suite:
 
     def start(self, ready_timeout_s: float = 180.0) -> None:
         try:
-            for service in SERVICES:
+            for service in self.spec.services:
                 self.start_service(service)
-            for service in SERVICES:
+            for service in self.spec.services:
                 self.wait_ready(service, ready_timeout_s)
         except BaseException:
             self.stop()
@@ -187,6 +237,7 @@ class Suite:
         process = self.processes.pop(service)
         process.kill()
         process.wait()
+        reap_group(process.pid)
 
     def stop_service(self, service: str) -> int:
         process = self.processes.pop(service)
@@ -197,11 +248,13 @@ class Suite:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        reap_group(process.pid)
         return process.returncode
 
     def stop(self) -> dict[str, int]:
         """Stops the gateway first, so no call arrives at a service that is going away."""
-        codes = {s: self.stop_service(s) for s in reversed(SERVICES) if s in self.processes}
+        order = reversed(self.spec.services)
+        codes = {s: self.stop_service(s) for s in order if s in self.processes}
         for log_file in self._logs:
             log_file.close()
         self._logs.clear()

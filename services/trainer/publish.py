@@ -39,6 +39,9 @@ class PublishError(RuntimeError):
 @dataclass(frozen=True)
 class PublishSettings:
     grace_s: float = 10.0
+    # The version a publish replaces stays loaded with its index, so that a rollback to it
+    # is a switch, not a reload.
+    keep_previous: bool = True
     embed_batch: int = 256  # the towers' max_batch_size in Triton
     load_timeout_s: float = 300.0
     call_timeout_s: float = 30.0
@@ -101,6 +104,8 @@ class Publisher:
                 published_at=time.time(),
                 trained_through_offset=trained.trained_through_offset,
                 previous=live.version if live else None,
+                newest_event_appended_at=trained.newest_event_appended_at,
+                metrics=dict(trained.metrics),
             )
         )
         report.switch_s = time.monotonic() - started
@@ -111,7 +116,8 @@ class Publisher:
         )
         if retire:
             await asyncio.sleep(self.settings.grace_s)
-            await self.retire_all_but(version, trained)
+            kept = [live.version] if live and self.settings.keep_previous else []
+            await self.retire_all_but([*kept, version], trained)
         report.total_s = time.monotonic() - started
         return report
 
@@ -199,17 +205,18 @@ class Publisher:
             )
         return added
 
-    async def retire_all_but(self, version: int, trained: TrainedModel) -> None:
-        """Unloads every other version from Triton and drops its index; its trained weights
-        stay in the store."""
-        if any(self.repository.listed_versions(tower) != [version] for tower in TOWERS):
-            await self._serve_versions(trained, [version])
+    async def retire_all_but(self, keep: list[int], trained: TrainedModel) -> None:
+        """Unloads every version but `keep` from Triton and drops its index; its trained
+        weights stay in the store."""
+        keep = sorted(set(keep))
+        if any(self.repository.listed_versions(tower) != keep for tower in TOWERS):
+            await self._serve_versions(trained, keep)
         for tower in TOWERS:
             for old in self.repository.versions_on_disk(tower):
-                if old != version:
+                if old not in keep:
                     self.repository.remove_version(tower, old)
         for old in self.store.versions():
-            if old == version:
+            if old in keep:
                 continue
             try:
                 await self.retrieval.DropIndex(
@@ -221,3 +228,41 @@ class Publisher:
                     "could not drop an old index", extra={"version": old, "why": str(error)}
                 )
             shutil.rmtree(self.store.version_dir(old) / "torchscript", ignore_errors=True)
+
+    async def rollback(self, trained: TrainedModel) -> int:
+        """Serves the live version's predecessor again: it is still loaded with its index
+        (`keep_previous`), so the switch is at once. Returns the version rolled back from.
+        `trained` is the predecessor's model; `reconcile` brings its index up to date."""
+        live = self.store.live()
+        if live is None or live.previous is None:
+            raise PublishError("there is no previous version to roll back to")
+        target = live.previous
+        for tower in TOWERS:
+            if not await self.embedding.ready(tower, target, self.settings.call_timeout_s):
+                await self._serve_versions(trained, [target, live.version])
+                break
+        self.store.set_live(
+            LiveVersion(
+                version=target,
+                published_at=time.time(),
+                trained_through_offset=trained.trained_through_offset,
+                previous=None,
+                newest_event_appended_at=trained.newest_event_appended_at,
+                metrics=dict(trained.metrics),
+            )
+        )
+        return live.version
+
+    async def reconcile(self, version: int, trained: TrainedModel) -> None:
+        """A version serving again gets the items that arrived since it last served and
+        loses the ones deleted since."""
+        index = model_name(version)
+        embedded = await self._embed_catalogue(version, trained.items, index)
+        gone = sorted(set(self.store.serving(version).items) - embedded)
+        for start in range(0, len(gone), 1_000):
+            await self.retrieval.DeleteVectors(
+                retrieval_pb2.DeleteVectorsRequest(
+                    index=index, item_ids=gone[start : start + 1_000]
+                ),
+                timeout=self.settings.call_timeout_s,
+            )

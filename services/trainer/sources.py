@@ -42,6 +42,14 @@ async def read_content(
     return content
 
 
+def logged_event(message: features_pb2.LoggedEvent) -> LoggedEvent:
+    return LoggedEvent(
+        message.offset,
+        event_from_proto(message.event, "events", 0.0),
+        message.appended_at.ToNanoseconds() / 1e9,  # 0.0 when unset
+    )
+
+
 async def read_events(
     features: features_pb2_grpc.FeaturesServiceStub,
     from_offset: int = 0,
@@ -61,11 +69,7 @@ async def read_events(
         if last is None:
             last = reply.end_offset - 1  # end_offset is the next offset to be written
         end = last
-        page = [
-            LoggedEvent(e.offset, event_from_proto(e.event, "events", 0.0))
-            for e in reply.events
-            if e.offset <= end
-        ]
+        page = [logged_event(e) for e in reply.events if e.offset <= end]
         events.extend(page)
         if not reply.events or len(page) < len(reply.events) or reply.events[-1].offset >= end:
             return events

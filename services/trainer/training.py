@@ -207,6 +207,7 @@ class TrainedModel:
     training_seconds: float
     events_used: int
     item_counts: IntArray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+    newest_event_appended_at: float = 0.0  # when the log acknowledged the newest event learned
 
 
 @dataclass(frozen=True)
@@ -562,13 +563,17 @@ def train(
     previous: TrainedModel | None = None,
     tower: TowerConfig | None = None,
     progress: Progress | None = None,
+    holdout_events: int | None = None,
+    at_cut: Callable[[TrainedModel], None] | None = None,
 ) -> TrainedModel:
     """Learns every event, in log order. The latest `holdout_fraction` of them is first held
     out to measure the model trained on the rest (`metrics`), then learned as well.
 
     `content` holds the catalogue's content vectors, items nobody touched yet included.
     With `previous`, training starts from its weights and vocabularies (tables grow for the
-    new ids); `previous` itself is left as it was.
+    new ids); `previous` itself is left as it was. `holdout_events` holds out that many
+    events instead of the fraction; `at_cut` sees the model trained on the rest, before it
+    learns them.
     """
     config = config or TrainConfig()
     started = time.monotonic()
@@ -578,7 +583,10 @@ def train(
     users, items, tower, model, counts = _starting_point(previous, tower)
     builder = SampleBuilder(users, items, tower.history_len, counts)
     fresh_start = _first_fresh(events, previous)
-    cut = len(events) - int(round((len(events) - fresh_start) * config.holdout_fraction))
+    held = int(round((len(events) - fresh_start) * config.holdout_fraction))
+    if holdout_events is not None:
+        held = max(0, min(holdout_events, len(events) - fresh_start - 1))
+    cut = len(events) - held
     early = builder.add(events[:cut])
     known_users, known_items, early_counts = len(users), len(items), builder.item_counts
     held_out = _HeldOut.capture(builder, events[:cut], events[cut:])
@@ -615,11 +623,14 @@ def train(
     _fit(run, everything, plan, "train", clock, reserve, progress)
     if cut < len(events):
         trained.metrics = held_out.evaluate(trained, catalogue, known_users, known_items)
+        if at_cut is not None:
+            at_cut(trained)
         rates = _per_batch(everything, catch_up, len(items))
         run.negatives = _Negatives(catalogue, rates, trained.item_counts, config)
         _fit(run, everything, catch_up, "catch-up", clock, 0.0, progress)
     model.eval()
     trained.trained_through_offset = events[-1].offset if events else -1
+    trained.newest_event_appended_at = max((e.appended_at for e in events), default=0.0)
     trained.training_seconds = time.monotonic() - started
     return trained
 
@@ -828,6 +839,7 @@ def save_trained(trained: TrainedModel, directory: Path) -> None:
         "trained_through_offset": trained.trained_through_offset,
         "training_seconds": trained.training_seconds,
         "events_used": trained.events_used,
+        "newest_event_appended_at": trained.newest_event_appended_at,
     }
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
     (directory / METRICS_FILE).write_text(json.dumps(trained.metrics, indent=2), encoding="utf-8")
@@ -853,4 +865,5 @@ def load_trained(directory: Path) -> TrainedModel:
         float(config["training_seconds"]),
         int(config["events_used"]),
         state["item_counts"].numpy().astype(np.int64),
+        float(config.get("newest_event_appended_at", 0.0)),
     )

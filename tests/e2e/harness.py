@@ -13,7 +13,9 @@ import grpc
 
 from recsys.features.v1 import features_pb2, features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2_grpc
+from recsys.trainer.v1 import trainer_pb2_grpc
 from services.suite.client import GatewayClient
+from services.suite.launcher import reap_group
 from services.suite.movielens import load_movies
 from shared.catalog import Item
 from shared.convert import event_from_proto
@@ -34,12 +36,18 @@ def catalogue(extra: set[str] | None = None) -> list[Item]:
 class UserSuite:
     """`recsys up` in its own process, on free loopback ports, with its own data."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.env = dict(os.environ, RECSYS_DATA_DIR=str(data_dir))
-        for service in ("GATEWAY", "FEATURES", "RETRIEVAL", "EMBEDDING"):
+    def __init__(
+        self, data_dir: Path, trainer: bool = False, env: dict[str, str] | None = None
+    ) -> None:
+        """Without `trainer`, models come only from `recsys train` (self.train())."""
+        self.env = dict(os.environ, RECSYS_DATA_DIR=str(data_dir), **(env or {}))
+        for service in ("GATEWAY", "FEATURES", "RETRIEVAL", "EMBEDDING", "TRAINER"):
             self.env[f"RECSYS_{service}_PORT"] = str(free_port())
             self.env[f"RECSYS_{service}_METRICS_PORT"] = "0"
+        if not trainer:
+            self.env["RECSYS_SUITE_SERVICES"] = "features,retrieval,embedding,gateway"
         self.gateway = f"{HOST}:{self.env['RECSYS_GATEWAY_PORT']}"
+        self.trainer = f"{HOST}:{self.env['RECSYS_TRAINER_PORT']}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> UserSuite:
@@ -127,3 +135,43 @@ def _state(pid: str) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
     except OSError:
         return "Z"
+
+
+class TrainerProcess:
+    """`python -m services.trainer` against a running suite, as its own process group."""
+
+    def __init__(self, suite: UserSuite, env: dict[str, str] | None = None) -> None:
+        data = Path(suite.env["RECSYS_DATA_DIR"])
+        self.address = f"{HOST}:{free_port()}"
+        self.env = dict(suite.env, **(env or {}))
+        self.env.update(
+            RECSYS_MODEL_DIR=str(data / "models"),
+            RECSYS_TRAINER_STATE_DIR=str(data / "trainer"),
+            RECSYS_TRAINER_PORT=self.address.rsplit(":", 1)[1],
+            RECSYS_TRAINER_METRICS_PORT="0",
+        )
+        for service in ("FEATURES", "RETRIEVAL", "EMBEDDING"):
+            port = suite.env[f"RECSYS_{service}_PORT"]
+            self.env[f"RECSYS_TRAINER_{service}_ADDRESS"] = f"{HOST}:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.trainer"], env=self.env, start_new_session=True
+        )
+        wait_serving(self.address, self.process)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)
+        reap_group(self.process.pid)  # its in-process Ray goes with it
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(120)
+        reap_group(self.process.pid)
+
+    def stub(self) -> trainer_pb2_grpc.TrainerServiceStub:
+        return trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(self.address))

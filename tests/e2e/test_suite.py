@@ -9,12 +9,16 @@ import grpc
 import pytest
 
 from recsys.gateway.v1 import gateway_pb2
+from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from tests.e2e.harness import JUMANJI, TOY_STORY, TOY_STORY_2, TOY_STORY_3, UserSuite, catalogue
 
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserSuite]:
-    running = UserSuite(tmp_path_factory.mktemp("suite")).start()
+    # `recsys up` as a user runs it, the continual trainer included (idle: it would start
+    # training only from a billion events).
+    idle = {"RECSYS_TRAINER_BOOTSTRAP_MIN_EVENTS": str(10**9)}
+    running = UserSuite(tmp_path_factory.mktemp("suite"), trainer=True, env=idle).start()
     client = running.client()
     for start in range(0, len(catalogue()), 256):
         client.upsert(catalogue()[start : start + 256])
@@ -150,6 +154,14 @@ def test_rejected_batch_writes_nothing(suite: UserSuite) -> None:
         gateway_pb2.GetItemsRequest(item_ids=["half-ok"], allow_missing=True), timeout=5
     )
     assert list(reply.missing_item_ids) == ["half-ok"]
+
+
+def test_recsys_up_starts_the_continual_trainer_on_loopback(suite: UserSuite) -> None:
+    assert suite.trainer.startswith("127.0.0.1:")
+    stub = trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(suite.trainer))
+    status = stub.GetStatus(trainer_pb2.GetStatusRequest(), timeout=10)
+    assert status.live_version == "" and status.ray_address == "in-process"
+    assert status.state == "idle" and not status.full_retrain_running
 
 
 def test_similar_items_of_unknown_item_is_not_found(suite: UserSuite) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsys.features.v1 import features_pb2, features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2
+from shared.convert import timestamp_seconds
 from tests.conftest import ServiceProcess
 
 MOVIES = [
@@ -80,3 +83,30 @@ def test_catalogue_and_encodings_survive_sigkill(tmp_path: Path) -> None:
         assert upsert(restarted, MOVIES).reused_encodings == 3
     finally:
         restarted.stop()
+
+
+def test_read_events_returns_when_the_log_appended_each_event(features: ServiceProcess) -> None:
+    stub = stub_of(features)
+    happened = Timestamp(seconds=1_600_000_000)
+    before = time.time()
+    appended = stub.AppendEvents(
+        features_pb2.AppendEventsRequest(
+            events=[
+                gateway_pb2.Event(
+                    event_id="appended-at-1",
+                    user_id="u",
+                    item_id="1",
+                    type=gateway_pb2.EVENT_TYPE_VIEW,
+                    timestamp=happened,
+                )
+            ]
+        ),
+        timeout=10,
+    )
+    after = time.time()
+    reply = stub.ReadEvents(
+        features_pb2.ReadEventsRequest(from_offset=appended.last_offset, limit=1), timeout=10
+    )
+    (logged,) = reply.events
+    assert logged.event.event_id == "appended-at-1" and logged.event.timestamp == happened
+    assert before - 0.01 <= timestamp_seconds(logged.appended_at) <= after + 0.01

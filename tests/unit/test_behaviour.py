@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,42 @@ def test_event_log_history_is_newest_first_by_event_time(tmp_path: Path) -> None
 def test_event_log_keeps_acknowledged_events_after_reopening(tmp_path: Path) -> None:
     SqliteEventLog(tmp_path / "events.sqlite3").append([[event(1), event(2)]])
     assert SqliteEventLog(tmp_path / "events.sqlite3").end_offset() == 3
+
+
+def test_event_log_returns_when_each_event_was_appended_by_the_server_clock(
+    tmp_path: Path,
+) -> None:
+    log = SqliteEventLog(tmp_path / "events.sqlite3")
+    before = time.time()
+    stored = log.append([[event(1, ts=5.0)]])[0].stored
+    after = time.time()
+    read = log.read(1, 10)
+    assert before <= read[0].appended_at <= after
+    assert stored[0].appended_at == read[0].appended_at
+    assert read[0].event.timestamp == 5.0  # the event's own time is kept apart
+
+
+def test_event_log_reads_append_time_as_unknown_when_written_before_the_column_existed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "events.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE events (log_offset INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " event_id TEXT NOT NULL UNIQUE, user_id TEXT NOT NULL, item_id TEXT NOT NULL,"
+        " type INTEGER NOT NULL, value REAL NOT NULL, ts REAL NOT NULL);"
+        "INSERT INTO events (event_id, user_id, item_id, type, value, ts)"
+        " VALUES ('e1', 'u', 'i', 1, 0.0, 1000.0);"
+    )
+    old.commit()
+    old.close()
+    log = SqliteEventLog(path)
+    log.append([[event(2)]])
+    log.close()
+    reopened = SqliteEventLog(path)
+    first, second = reopened.read(1, 10)
+    assert (first.event.event_id, first.appended_at) == ("e1", 0.0)
+    assert second.event.event_id == "e2" and second.appended_at > 0
 
 
 def test_trending_prefers_recent_interactions_in_event_time() -> None:

@@ -43,3 +43,25 @@ def test_config_fails_at_start_naming_the_variable_when_a_value_is_bad(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         GatewayConfig.from_env({variable: value})
+
+
+def test_trainer_config_defaults_to_loopback_port_50054_and_an_in_process_ray() -> None:
+    from services.trainer.config import TrainerConfig
+
+    config = TrainerConfig.from_env({"RECSYS_DATA_DIR": "/data"})
+    assert (config.server.host, config.server.port) == ("127.0.0.1", 50054)
+    assert config.ray_address == "" and config.state_dir == Path("/data/trainer")
+    joined = TrainerConfig.from_env({"RAY_ADDRESS": "ray://head:10001"})
+    assert joined.ray_address == "ray://head:10001"
+    with pytest.raises(ConfigError, match="RECSYS_TRAINER_GATE_MIN_EVENTS"):
+        TrainerConfig.from_env({"RECSYS_TRAINER_GATE_MIN_EVENTS": "0"})
+
+
+def test_suite_services_variable_picks_services_in_start_order() -> None:
+    from services.suite.launcher import SERVICES, SuiteSpec
+
+    assert SuiteSpec.from_env({}).services == SERVICES
+    chosen = SuiteSpec.from_env({"RECSYS_SUITE_SERVICES": "gateway,features"}).services
+    assert chosen == ("features", "gateway")
+    with pytest.raises(ValueError, match="unknown"):
+        SuiteSpec.from_env({"RECSYS_SUITE_SERVICES": "features,nope"})

@@ -24,7 +24,7 @@ from services.suite.evaluation.baselines import ItemKNN, MostPopular, RecentlyPo
 from services.suite.evaluation.dataset import Split, load_interactions, split
 from services.suite.evaluation.protocols import Subject
 from services.suite.evaluation.subjects import BaselineSubject, ModelSuiteSubject, SuiteSubject
-from services.suite.launcher import Suite, SuiteSpec
+from services.suite.launcher import WITHOUT_TRAINER, Suite, SuiteSpec
 from services.suite.movielens import dataset_dir, load_movies
 from services.trainer.job import JobConfig, run_job
 from services.trainer.publish import PublishSettings
@@ -108,7 +108,9 @@ class PrivateSuite:
 
 class _Running:
     def __init__(self, data_dir: Path, catalogue: Mapping[str, Item]) -> None:
-        self.suite = Suite(SuiteSpec.on_free_ports(data_dir, data_dir.parent / "logs"))
+        self.suite = Suite(
+            SuiteSpec.on_free_ports(data_dir, data_dir.parent / "logs", WITHOUT_TRAINER)
+        )
         self.catalogue = catalogue
         self.client: GatewayClient | None = None
 

@@ -27,12 +27,14 @@ class AppendEventsResponse(_message.Message):
     def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., last_offset: _Optional[int] = ...) -> None: ...
 
 class LoggedEvent(_message.Message):
-    __slots__ = ("offset", "event")
+    __slots__ = ("offset", "event", "appended_at")
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    APPENDED_AT_FIELD_NUMBER: _ClassVar[int]
     offset: int
     event: _gateway_pb2.Event
-    def __init__(self, offset: _Optional[int] = ..., event: _Optional[_Union[_gateway_pb2.Event, _Mapping]] = ...) -> None: ...
+    appended_at: _timestamp_pb2.Timestamp
+    def __init__(self, offset: _Optional[int] = ..., event: _Optional[_Union[_gateway_pb2.Event, _Mapping]] = ..., appended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ReadEventsRequest(_message.Message):
     __slots__ = ("from_offset", "limit")

@@ -81,6 +81,32 @@ class RecommendResponse(_message.Message):
     fallback: bool
     def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., fallback: _Optional[bool] = ...) -> None: ...
 
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStatusResponse(_message.Message):
+    __slots__ = ("serving_version", "live_version", "previous_version", "published_at", "trained_offset", "log_end_offset", "events_behind", "newest_event_age_s", "oldest_missing_event_age_s")
+    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LOG_END_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_BEHIND_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_EVENT_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_MISSING_EVENT_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    serving_version: str
+    live_version: str
+    previous_version: str
+    published_at: _timestamp_pb2.Timestamp
+    trained_offset: int
+    log_end_offset: int
+    events_behind: int
+    newest_event_age_s: float
+    oldest_missing_event_age_s: float
+    def __init__(self, serving_version: _Optional[str] = ..., live_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trained_offset: _Optional[int] = ..., log_end_offset: _Optional[int] = ..., events_behind: _Optional[int] = ..., newest_event_age_s: _Optional[float] = ..., oldest_missing_event_age_s: _Optional[float] = ...) -> None: ...
+
 class ForgetUserRequest(_message.Message):
     __slots__ = ("user_id",)
     USER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -74,6 +74,11 @@ class GatewayServiceStub:
                 request_serializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.ForgetUserRequest.SerializeToString,
                 response_deserializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.ForgetUserResponse.FromString,
                 _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/recsys.gateway.v1.GatewayService/GetStatus',
+                request_serializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.GetStatusResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -153,6 +158,14 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatus(self, request, context):
+        """What serves now and how fresh it is: the model version the gateway uses, the
+        version the model store names live, and how far behind the event log it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +208,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ForgetUser,
                     request_deserializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.ForgetUserRequest.FromString,
                     response_serializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.ForgetUserResponse.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.GetStatusRequest.FromString,
+                    response_serializer=recsys_dot_gateway_dot_v1_dot_gateway__pb2.GetStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -413,6 +431,33 @@ class GatewayService:
             '/recsys.gateway.v1.GatewayService/ForgetUser',
             recsys_dot_gateway_dot_v1_dot_gateway__pb2.ForgetUserRequest.SerializeToString,
             recsys_dot_gateway_dot_v1_dot_gateway__pb2.ForgetUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.gateway.v1.GatewayService/GetStatus',
+            recsys_dot_gateway_dot_v1_dot_gateway__pb2.GetStatusRequest.SerializeToString,
+            recsys_dot_gateway_dot_v1_dot_gateway__pb2.GetStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,68 @@
+"""python -m services.trainer: the continual trainer (gRPC on 127.0.0.1:50054, work on Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import ray
+
+from recsys.trainer.v1 import trainer_pb2_grpc
+from services.trainer.config import TrainerConfig
+from services.trainer.ray_runtime import create_actor, start_ray
+from services.trainer.servicer import TrainerServicer
+from shared.errors import Unavailable
+from shared.server import GrpcService, ServiceBinding, run_main
+
+SERVICE_NAME = "recsys.trainer.v1.TrainerService"
+log = logging.getLogger(__name__)
+
+
+class _Actor:
+    """The actor handle, set once Ray is up (the servicer is built before)."""
+
+    def __init__(self) -> None:
+        self.handle: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self.handle is None:
+            raise Unavailable("the trainer is starting")
+        return getattr(self.handle, name)
+
+
+def build(config: TrainerConfig) -> GrpcService:
+    actor = _Actor()
+    binding = ServiceBinding(
+        SERVICE_NAME,
+        trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
+        TrainerServicer(actor, config.ray_address),
+    )
+
+    async def startup() -> None:
+        await asyncio.to_thread(start_ray, config)
+        actor.handle = await asyncio.to_thread(create_actor, config)
+        await actor.handle.start.remote()
+        log.info("trainer actor started", extra={"ray": config.ray_address or "in-process"})
+
+    async def shutdown() -> None:
+        if actor.handle is not None:
+            try:
+                await asyncio.wait_for(actor.handle.stop.remote(), timeout=120)
+            except Exception:
+                log.exception("the trainer actor did not stop cleanly")
+        await asyncio.to_thread(ray.shutdown)
+
+    return GrpcService("trainer", config.server, [binding], startup, shutdown)
+
+
+async def _serve(config: TrainerConfig) -> None:
+    await build(config).run_until_signal()
+
+
+def main() -> None:
+    run_main("trainer", TrainerConfig.from_env, _serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""A full retrain over every event, with the gate's comparison built in: it runs wherever
+the trainer sends it (a Ray task on the cluster, or a thread), reading the log and the
+catalogue from the features service and the live version from the model store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from recsys.features.v1 import features_pb2_grpc
+from services.trainer.continual import Scores, copy_trained, score_samples
+from services.trainer.sources import read_content, read_events
+from services.trainer.training import (
+    SampleBuilder,
+    TrainConfig,
+    TrainedModel,
+    load_trained,
+    train,
+)
+from shared.clients import channel
+from shared.events import LoggedEvent
+from shared.two_tower import Vocabulary
+
+MAX_GATE_EVENTS = 5_000
+
+
+@dataclass(frozen=True)
+class RetrainRequest:
+    features_address: str
+    train: TrainConfig
+    reason: str  # "requested", "schedule", "drift" or "bootstrap"
+    holdout_events: int  # at least this many newest events are held out for the gate (0: none)
+    k: int
+    live_weights: str = ""  # the live version's weights directory; "" when none serves
+    shuffle_labels: bool = False  # a gate drill: the model learns shuffled items
+
+
+@dataclass
+class RetrainResult:
+    trained: TrainedModel
+    candidate: Scores  # the candidate before it learned the held-out events
+    live: Scores | None  # the live version on the same events
+    events: int
+    seconds: float
+    reason: str
+
+
+async def _read(address: str) -> tuple[list[LoggedEvent], dict[str, np.ndarray]]:
+    features_channel = channel(address)
+    try:
+        features = features_pb2_grpc.FeaturesServiceStub(features_channel)
+        events, content = await asyncio.gather(read_events(features), read_content(features))
+        return events, content
+    finally:
+        await features_channel.close()
+
+
+def shuffled(events: list[LoggedEvent], seed: int) -> list[LoggedEvent]:
+    """The same users at the same times, every item relabelled as another one: a model
+    that learns this places every item where another belongs."""
+    items = sorted({e.event.item_id for e in events})
+    relabelled = dict(zip(items, np.random.default_rng(seed).permutation(items), strict=True))
+    return [
+        replace(e, event=replace(e.event, item_id=str(relabelled[e.event.item_id]))) for e in events
+    ]
+
+
+def full_retrain(request: RetrainRequest) -> RetrainResult:
+    started = time.monotonic()
+    events, content = asyncio.run(_read(request.features_address))
+    if len(events) < 2:
+        raise ValueError("the event log holds too few events to train on")
+    # The gate's events: a tenth of the log, at least the gate's minimum, at most 5,000.
+    wanted = min(max(request.holdout_events, len(events) // 10), MAX_GATE_EVENTS)
+    held = max(0, min(wanted, len(events) // 2)) if request.holdout_events else 0
+    cut = len(events) - held
+    learned = events
+    if request.shuffle_labels:
+        learned = shuffled(events[:cut], request.train.seed) + events[cut:]
+    at_cut: list[TrainedModel] = []
+    trained = train(
+        learned,
+        content,
+        request.train,
+        holdout_events=held,
+        at_cut=lambda model: at_cut.append(copy_trained(model)),
+    )
+    candidate, live = Scores(), None
+    if held:
+        builder = SampleBuilder(Vocabulary(), Vocabulary(), trained.tower.history_len)
+        samples = builder.add(events).take(slice(cut, None))  # the true events, histories
+        item_ids = builder.items.ids
+        catalogue = item_ids + [i for i in content if i not in builder.items]
+        users = builder.users.ids
+
+        def score(model: TrainedModel) -> Scores:
+            return score_samples(model, samples, users, item_ids, catalogue, content, request.k)
+
+        candidate = score(at_cut[0] if at_cut else trained)
+        if request.live_weights:
+            live = score(load_trained(Path(request.live_weights)))
+    return RetrainResult(
+        trained, candidate, live, len(events), time.monotonic() - started, request.reason
+    )

@@ -1,0 +1,237 @@
+"""The continual trainer against the running suite: events flow from LogEvents into a
+published version with no manual step; WaitUntilTrained; a deliberately bad candidate is
+rejected by the gate while the live version keeps serving; Rollback; the gateway's
+GetStatus; and SIGKILL at random moments while events stream in loses and repeats nothing.
+
+The trainer runs as its own process (`python -m services.trainer`, as `recsys up` starts
+it), so that the tests can kill and restart it while the rest of the suite keeps serving."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from recsys.gateway.v1 import gateway_pb2 as api
+from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from tests.e2e.harness import TrainerProcess, UserSuite, catalogue
+from tests.e2e.test_events import T0, log, rate, recommend
+
+USERS = 40
+KILLS = 3
+# Small and fast: a full retrain of a few seconds, publishes every 2 s, a gate that
+# compares on 150 events.
+TRAINER_ENV = {
+    # Enough passes for the small log to teach its taste groups, so that a model trained
+    # on relabelled items is clearly worse.
+    "RECSYS_TRAINER_EPOCHS": "20",
+    "RECSYS_TRAINER_MAX_SECONDS": "8",
+    "RECSYS_TRAINER_PUBLISH_EVERY_S": "2",
+    "RECSYS_TRAINER_PUBLISH_GRACE_S": "1",
+    "RECSYS_TRAINER_BOOTSTRAP_MIN_EVENTS": "300",
+    "RECSYS_TRAINER_GATE_MIN_EVENTS": "150",
+    "RECSYS_TRAINER_CHECKPOINT_EVERY_S": "1",
+    "RECSYS_TRAINER_MAX_BATCH_EVENTS": "200",
+}
+
+
+def ratings(movies: list[str], first: int, count: int) -> list[api.Event]:
+    """Two taste groups over disjoint halves of the catalogue, in time order."""
+    rng = random.Random(first)
+    half = len(movies) // 2
+    events = []
+    for n in range(first, first + count):
+        user = n % USERS
+        pool = movies[:half] if user % 2 == 0 else movies[half:]
+        item = pool[rng.randrange(40)]
+        events.append(rate(f"t{n}", f"u{user}", item, T0 + n, value=float(rng.choice((3, 4, 5)))))
+    return events
+
+
+RUNNING: dict[str, TrainerProcess] = {}
+
+
+def trainer(suite: UserSuite) -> trainer_pb2_grpc.TrainerServiceStub:
+    return RUNNING["trainer"].stub()
+
+
+def status(suite: UserSuite) -> trainer_pb2.GetStatusResponse:
+    return trainer(suite).GetStatus(trainer_pb2.GetStatusRequest(), timeout=10)
+
+
+def wait_trained(suite: UserSuite, offset: int, timeout_s: float = 240) -> str:
+    reply = trainer(suite).WaitUntilTrained(
+        trainer_pb2.WaitUntilTrainedRequest(offset=offset, timeout_s=timeout_s),
+        timeout=timeout_s + 10,
+    )
+    assert reply.reached, status(suite)
+    assert reply.live_trained_offset >= offset
+    return str(reply.live_version)
+
+
+def serving(suite: UserSuite, version: str, timeout_s: float = 30) -> api.RecommendResponse:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = recommend(suite, "u0")
+        if reply.model_version == version or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserSuite]:
+    running = UserSuite(tmp_path_factory.mktemp("trainer")).start()
+    client = running.client()
+    movies = catalogue()
+    for start in range(0, len(movies), 256):
+        client.upsert(movies[start : start + 256])
+    process = RUNNING["trainer"] = TrainerProcess(running, TRAINER_ENV)
+    process.start()
+    yield running
+    process.stop()
+    assert running.terminate() == 0
+
+
+@pytest.fixture(scope="module")
+def movies() -> list[str]:
+    return [m.item_id for m in catalogue()]
+
+
+def test_logged_events_reach_a_published_model_with_no_manual_step(
+    suite: UserSuite, movies: list[str]
+) -> None:
+    reply = log(suite, *ratings(movies, 0, 600))
+    version = wait_trained(suite, reply.last_offset)
+    assert version.startswith("two-tower-")
+    answer = serving(suite, version)
+    assert answer.model_version == version and len(answer.items) == 10
+
+    # Later events are learned incrementally and published without a retrain.
+    later = log(suite, *ratings(movies, 600, 300))
+    newer = wait_trained(suite, later.last_offset, timeout_s=120)
+    assert newer != version
+    now = status(suite)
+    assert now.trained_offset >= later.last_offset
+    assert now.events_learned == later.last_offset  # every event once, none twice
+    assert now.learned_offset_sum == later.last_offset * (later.last_offset + 1) // 2
+    assert now.last_gate_decision.startswith("published")
+    assert not now.full_retrain_running
+
+    gateway = suite.stub().GetStatus(api.GetStatusRequest(), timeout=10)
+    serving(suite, newer)
+    gateway = suite.stub().GetStatus(api.GetStatusRequest(), timeout=10)
+    assert gateway.live_version == newer
+    assert gateway.trained_offset >= later.last_offset
+    assert gateway.events_behind == 0
+    assert 0 < gateway.newest_event_age_s < 300
+
+
+def test_gate_rejects_a_candidate_trained_on_shuffled_items(
+    suite: UserSuite, movies: list[str]
+) -> None:
+    live = status(suite).live_version
+    assert live
+    trainer(suite).TriggerRetrain(
+        trainer_pb2.TriggerRetrainRequest(full=True, shuffle_labels=True), timeout=10
+    )
+    deadline = time.monotonic() + 180
+    while True:
+        now = status(suite)
+        if not now.full_retrain_running and "full retrain" in now.last_gate_decision:
+            break
+        assert time.monotonic() < deadline, now
+        time.sleep(0.5)
+    assert now.last_gate_decision.startswith("rejected"), now.last_gate_decision
+    assert now.live_version == live
+    assert recommend(suite, "u0").model_version == live
+
+
+def test_a_second_full_retrain_while_one_runs_is_refused(suite: UserSuite) -> None:
+    stub = trainer(suite)
+    stub.TriggerRetrain(trainer_pb2.TriggerRetrainRequest(full=True), timeout=10)
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.TriggerRetrain(trainer_pb2.TriggerRetrainRequest(full=True), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    deadline = time.monotonic() + 180
+    while status(suite).full_retrain_running:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
+def test_rollback_serves_the_previous_version_at_once(suite: UserSuite, movies: list[str]) -> None:
+    reply = log(suite, *ratings(movies, 900, 200))
+    wait_trained(suite, reply.last_offset, timeout_s=120)
+    before = status(suite)
+    assert before.previous_version, before
+    started = time.monotonic()
+    answer = trainer(suite).Rollback(trainer_pb2.RollbackRequest(), timeout=30)
+    assert answer.live_version == before.previous_version
+    assert answer.rolled_back_from == before.live_version
+    assert serving(suite, answer.live_version, timeout_s=5).model_version == answer.live_version
+    assert time.monotonic() - started < 5
+    after = status(suite)
+    assert after.live_version == before.previous_version
+    assert after.last_gate_decision.startswith("rolled back")
+    assert after.state == "paused" and not after.previous_version
+
+    # Paused: new events are learned, not published, until the operator asks again.
+    more = log(suite, *ratings(movies, 1100, 150))
+    time.sleep(4)
+    assert status(suite).live_version == answer.live_version
+    trainer(suite).TriggerRetrain(trainer_pb2.TriggerRetrainRequest(full=False), timeout=10)
+    resumed = wait_trained(suite, more.last_offset, timeout_s=120)
+    assert resumed != answer.live_version and status(suite).state != "paused"
+
+
+def test_bad_requests_get_invalid_argument(suite: UserSuite) -> None:
+    stub = trainer(suite)
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.WaitUntilTrained(
+            trainer_pb2.WaitUntilTrainedRequest(offset=-1, timeout_s=1), timeout=10
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.TriggerRetrain(trainer_pb2.TriggerRetrainRequest(shuffle_labels=True), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    missed = stub.WaitUntilTrained(
+        trainer_pb2.WaitUntilTrainedRequest(offset=10**9, timeout_s=0.2), timeout=10
+    )
+    assert not missed.reached
+
+
+@pytest.mark.timeout(900)  # three restarts of Ray and the trainer, then a publish
+def test_trainer_killed_at_random_moments_learns_every_event_exactly_once(
+    suite: UserSuite, movies: list[str]
+) -> None:
+    process = RUNNING["trainer"]
+    trainer(suite).TriggerRetrain(trainer_pb2.TriggerRetrainRequest(full=False), timeout=10)
+    stop = threading.Event()
+    offsets: list[int] = []
+
+    def ingest() -> None:  # steady traffic while the trainer dies and comes back
+        n = 2_000
+        while not stop.wait(0.3):
+            offsets.append(log(suite, *ratings(movies, n, 40)).last_offset)
+            n += 40
+
+    feeder = threading.Thread(target=ingest)
+    feeder.start()
+    rng = random.Random(5)
+    try:
+        for _ in range(KILLS):
+            time.sleep(rng.uniform(1.0, 8.0))
+            process.kill()
+            process.start()
+    finally:
+        stop.set()
+        feeder.join()
+    final = max(offsets)
+    wait_trained(suite, final)
+    now = status(suite)
+    assert now.trained_offset == final
+    assert now.events_learned == final, "an event was skipped or learned twice"
+    assert now.learned_offset_sum == final * (final + 1) // 2

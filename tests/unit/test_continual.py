@@ -1,0 +1,169 @@
+"""The continual learner without Ray or gRPC: micro-batches, replay, checkpoints, scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.trainer.continual import (
+    Accounting,
+    ContinualConfig,
+    ContinualLearner,
+    ReplayBuffer,
+)
+from services.trainer.training import SampleBuilder, TrainConfig, TrainedModel, train
+from shared.events import Event, EventType, LoggedEvent
+from shared.two_tower import TowerConfig, Vocabulary
+
+SMALL = TowerConfig(dim=16, content_dim=8, content_hidden=16, history_len=6, feedforward=32)
+TRAIN = TrainConfig(
+    epochs=10,
+    batch_size=32,
+    lr=1e-2,
+    warmup_steps=5,
+    uniform_negatives=16,
+    newcomer_share=0.0,
+    holdout_fraction=0.0,
+    max_seconds=30,
+    threads=1,
+)
+CONTINUAL = ContinualConfig(lr=5e-3, batch_size=32, replay_ratio=1.0, replay_capacity=200)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def events(users: range, first_offset: int = 1, items: tuple[str, ...] = ()) -> list[LoggedEvent]:
+    """Odd users touch A then B, even users C then D, among random other items."""
+    rng = np.random.default_rng(first_offset)
+    out: list[LoggedEvent] = []
+    for user in users:
+        pair = ("A", "B") if user % 2 else ("C", "D")
+        others = [f"i{n}" for n in rng.choice(20, size=3, replace=False)]
+        for item in [*others[:2], *pair, *items, others[2]]:
+            offset = first_offset + len(out)
+            event = Event(f"e{offset}", f"u{user}", item, EventType.RATE, 4.0, float(offset))
+            out.append(LoggedEvent(offset, event, appended_at=1000.0 + offset))
+    return out
+
+
+def content() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    ids = ["A", "B", "C", "D", "NEW"] + [f"i{n}" for n in range(20)]
+    return {i: rng.standard_normal(SMALL.content_dim).astype(np.float32) for i in ids}
+
+
+@pytest.fixture(scope="module")
+def base() -> tuple[TrainedModel, list[LoggedEvent]]:
+    torch.set_num_threads(1)
+    history = events(range(40))
+    return train(history, content(), TRAIN, tower=SMALL), history
+
+
+def learner_from(base: tuple[TrainedModel, list[LoggedEvent]]) -> ContinualLearner:
+    trained, history = base
+    copy = train(history, content(), TRAIN, tower=SMALL)  # the fixture stays untouched
+    assert copy.trained_through_offset == trained.trained_through_offset
+    return ContinualLearner.start(copy, history, CONTINUAL, TRAIN, content())
+
+
+def test_learner_adds_rows_and_accounts_every_offset_once_when_batches_arrive(
+    base: tuple[TrainedModel, list[LoggedEvent]],
+) -> None:
+    learner = learner_from(base)
+    start = learner.offset + 1
+    fresh = events(range(40, 60), first_offset=start, items=("NEW",))
+    first, second = fresh[:50], fresh[50:]
+    report = learner.learn(first)
+    again = learner.learn(first + second)  # the first batch again: only its new part counts
+    assert report.events == 50 and again.events == len(second)
+    assert learner.offset == fresh[-1].offset
+    assert learner.accounting.events_learned == len(base[1]) + len(fresh)
+    assert learner.accounting.offset_sum == sum(e.offset for e in base[1] + fresh)
+    assert learner.trained.items.row("NEW") > 0
+    assert learner.trained.model.n_items == len(learner.trained.items)
+    assert learner.trained.users.row("u59") > 0
+    assert learner.trained.newest_event_appended_at == fresh[-1].appended_at
+
+
+def test_learner_scores_each_batch_before_learning_it_against_the_live_model(
+    base: tuple[TrainedModel, list[LoggedEvent]],
+) -> None:
+    learner = learner_from(base)
+    live = learner.snapshot()
+    fresh = events(range(40, 80), first_offset=learner.offset + 1)
+    report = learner.learn(fresh, live=live)
+    assert report.candidate.events == report.live.events == len(fresh)
+    # The model learned the planted pattern: B after A is ranked high, far above chance.
+    assert report.candidate.hits / report.candidate.events > 0.3
+    window = learner.window
+    assert window.candidate.events == len(fresh) and window.live.events == len(fresh)
+
+
+def test_learner_resumes_from_a_checkpoint_exactly_where_it_stood(
+    base: tuple[TrainedModel, list[LoggedEvent]], tmp_path: Path
+) -> None:
+    learner = learner_from(base)
+    fresh = events(range(40, 70), first_offset=learner.offset + 1, items=("NEW",))
+    learner.learn(fresh[:60])
+    learner.save(tmp_path / "checkpoint")
+    restored = ContinualLearner.load(tmp_path / "checkpoint", CONTINUAL, TRAIN, content())
+    learner.learn(fresh[60:])
+    restored.learn(fresh[60:])
+    assert restored.accounting == learner.accounting
+    for (name, a), (_, b) in zip(
+        learner.trained.model.state_dict().items(),
+        restored.trained.model.state_dict().items(),
+        strict=True,
+    ):
+        assert torch.equal(a, b), name
+    assert restored.trained.items.ids == learner.trained.items.ids
+
+
+def test_checkpoint_appears_whole_or_not_at_all_when_written_again(
+    base: tuple[TrainedModel, list[LoggedEvent]], tmp_path: Path
+) -> None:
+    learner = learner_from(base)
+    target = tmp_path / "checkpoint"
+    learner.save(target)
+    learner.save(target)  # replaces the old one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_accounting_refuses_an_offset_learned_before() -> None:
+    accounting = Accounting()
+    accounting.add(events(range(1)))
+    with pytest.raises(ValueError, match="learned already"):
+        accounting.add(events(range(1)))
+
+
+def test_replay_buffer_keeps_a_uniform_sample_of_everything_when_full() -> None:
+    builder = SampleBuilder(Vocabulary(), Vocabulary(), 4)
+    samples = builder.add(events(range(400)))
+    buffer = ReplayBuffer(500, 4)
+    rng = np.random.default_rng(0)
+    for start in range(0, len(samples), 100):
+        buffer.add(samples.take(slice(start, start + 100)), rng)
+    assert len(buffer) == 500 and buffer.seen == len(samples)
+    kept = buffer.samples.offsets
+    # Early and late samples are both there, about in proportion.
+    assert 0.35 < float(np.mean(kept < len(samples) / 2)) < 0.65
+    assert len(buffer.draw(64, rng)) == 64
+
+
+def test_a_model_that_stopped_earlier_is_compared_on_the_events_after_it(
+    base: tuple[TrainedModel, list[LoggedEvent]],
+) -> None:
+    learner = learner_from(base)
+    stopped_at = learner.offset
+    fresh = events(range(40, 60), first_offset=stopped_at + 1)
+    learner.learn(fresh[:40])
+    learner.learn(fresh[40:])
+    challenger, incumbent = learner.compare_after(fresh[29].offset, base[0])
+    assert challenger.events == incumbent.events == len(fresh) - 30
+    assert challenger.per_event.size == incumbent.per_event.size == len(fresh) - 30
