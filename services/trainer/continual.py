@@ -226,6 +226,10 @@ class ContinualLearner:
     def offset(self) -> int:
         return self.accounting.last_offset
 
+    def lacks_content(self) -> bool:
+        """Whether an item the model has a row for has no content vector here."""
+        return any(item_id not in self.content for item_id in self.builder.items.ids)
+
     def add_content(self, content: Mapping[str, np.ndarray]) -> None:
         """Content vectors of catalogue items (new or changed), for rows added later and for
         the uniform negatives."""

@@ -40,6 +40,7 @@ from shared.model_store import LiveVersion, model_name, write_json_atomically
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
+CONTENT_REFRESH_S = 300.0
 RetrainRunner = Callable[[RetrainRequest], Awaitable[RetrainResult]]
 
 
@@ -92,6 +93,7 @@ class ContinualTrainer:
         self.stopping = asyncio.Event()
         self.last_checkpoint = time.monotonic()
         self.checkpointed_offset = -1
+        self.content_read_at = time.monotonic()
         self.retirements: set[asyncio.Task[Any]] = set()
 
     # Lifecycle ----------------------------------------------------------------------------
@@ -395,9 +397,17 @@ class ContinualTrainer:
             self._start_retrain("drift")
 
     async def _refresh_content(self) -> None:
-        assert self.learner is not None
+        """The catalogue's content vectors, read again (the whole catalogue, so not before
+        every publish): when an item the learner met has none yet, or every 5 minutes for
+        items whose text changed."""
+        learner = self.learner
+        assert learner is not None
+        stale = time.monotonic() - self.content_read_at >= CONTENT_REFRESH_S
+        if not stale and not await asyncio.to_thread(learner.lacks_content):
+            return
         content = await read_content(self.features)
-        await asyncio.to_thread(self.learner.add_content, content)
+        self.content_read_at = time.monotonic()
+        await asyncio.to_thread(learner.add_content, content)
 
     # Full retrains ------------------------------------------------------------------------
 
