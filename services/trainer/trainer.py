@@ -531,6 +531,10 @@ class ContinualTrainer:
         while True:
             live = self.store.live()
             if live is not None and live.trained_through_offset >= offset:
+                publishing = self.publishing
+                if publishing is not None and not publishing.done():
+                    # live.json has switched; the publish's own records follow at once.
+                    await asyncio.wait([publishing], timeout=5.0)
                 return live
             left = deadline - time.monotonic()
             if left <= 0:
