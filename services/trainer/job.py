@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from recsys.features.v1 import features_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2_grpc
 from services.trainer.publish import Publisher, PublishReport, PublishSettings
-from services.trainer.sources import read_content, read_events
+from services.trainer.sources import read_training_data
 from services.trainer.training import TrainConfig, TrainedModel, save_trained, train
 from shared.clients import channel
 from shared.config import Env, model_dir
@@ -63,9 +63,7 @@ async def run_job(config: JobConfig, from_offset: int = 0, publish: bool = True)
     embedding = EmbeddingClient(config.embedding_address, timeout_s=30.0)
     try:
         features = features_pb2_grpc.FeaturesServiceStub(features_channel)
-        events, content = await asyncio.gather(
-            read_events(features, from_offset), read_content(features)
-        )
+        events, content = await read_training_data(features, from_offset)
         if not events:
             raise ValueError("the event log holds no events to train on")
         trained = await asyncio.to_thread(train, events, content, config.train)

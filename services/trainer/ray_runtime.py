@@ -84,9 +84,6 @@ class Trainer:
         if self.loop is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.loop
-        async with self.trainer.lock:
-            if self.trainer.learner is not None:
-                await self.trainer._checkpoint()
         await self.trainer.close()
 
     async def status(self) -> dict[str, Any]:

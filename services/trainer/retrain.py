@@ -13,7 +13,7 @@ import numpy as np
 
 from recsys.features.v1 import features_pb2_grpc
 from services.trainer.continual import Scores, copy_trained, score_samples
-from services.trainer.sources import read_content, read_events
+from services.trainer.sources import read_training_data
 from services.trainer.training import (
     SampleBuilder,
     TrainConfig,
@@ -52,9 +52,7 @@ class RetrainResult:
 async def _read(address: str) -> tuple[list[LoggedEvent], dict[str, np.ndarray]]:
     features_channel = channel(address)
     try:
-        features = features_pb2_grpc.FeaturesServiceStub(features_channel)
-        events, content = await asyncio.gather(read_events(features), read_content(features))
-        return events, content
+        return await read_training_data(features_pb2_grpc.FeaturesServiceStub(features_channel))
     finally:
         await features_channel.close()
 

@@ -3,6 +3,7 @@ offset) and the catalogue's content vectors."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -74,3 +75,13 @@ async def read_events(
         if not reply.events or len(page) < len(reply.events) or reply.events[-1].offset >= end:
             return events
         offset = reply.events[-1].offset + 1
+
+
+async def read_training_data(
+    features: features_pb2_grpc.FeaturesServiceStub, from_offset: int = 0
+) -> tuple[list[LoggedEvent], dict[str, np.ndarray]]:
+    """The log from `from_offset` and every catalogue item's content vector, read at once."""
+    events, content = await asyncio.gather(
+        read_events(features, from_offset), read_content(features)
+    )
+    return events, content

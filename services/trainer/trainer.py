@@ -114,10 +114,15 @@ class ContinualTrainer:
         await self._restore()
 
     async def close(self) -> None:
+        """Stops after a publish under way (seconds) and commits what was learned since the
+        last checkpoint; call it once `run` has returned."""
         self.stopping.set()
         if self.publishing is not None:
             with contextlib.suppress(Exception):
-                await self.publishing  # a publish under way finishes: it is seconds
+                await self.publishing
+        async with self.lock:
+            if self.learner is not None and self.learner.offset != self.checkpointed_offset:
+                await self._checkpoint()
         for task in [*self.retirements, *([self.retrain_task] if self.retrain_task else [])]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 
 from recsys.features.v1 import features_pb2, features_pb2_grpc
-from recsys.gateway.v1 import gateway_pb2_grpc
+from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2_grpc
 from services.suite.client import GatewayClient
 from services.suite.launcher import reap_group
@@ -60,6 +60,19 @@ class UserSuite:
 
     def client(self) -> GatewayClient:
         return GatewayClient(self.gateway)
+
+    def wait_for_version(
+        self, version: str, user: str = "u0", timeout_s: float = 30
+    ) -> gateway_pb2.RecommendResponse:
+        """Recommend for `user` until it answers from `version` (or the time is up); the
+        last answer."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            request = gateway_pb2.RecommendRequest(user_id=user, k=10)
+            reply = self.stub().Recommend(request, timeout=10)
+            if reply.model_version == version or time.monotonic() > deadline:
+                return reply
+            time.sleep(0.1)
 
     def terminate(self) -> int:
         assert self.process is not None

@@ -40,15 +40,6 @@ def _ratings(movies: list[str]) -> list[api.Event]:
     return events
 
 
-def _wait_for_version(suite: UserSuite, version: str, user: str = "u0") -> api.RecommendResponse:
-    deadline = time.monotonic() + 30
-    while True:
-        reply = recommend(suite, user)
-        if reply.model_version == version or time.monotonic() > deadline:
-            return reply
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserSuite]:
     running = UserSuite(tmp_path_factory.mktemp("model")).start()
@@ -68,7 +59,7 @@ def test_recommend_answers_from_the_published_model(suite: UserSuite) -> None:
     output = suite.train()
     assert "published version 1" in output
 
-    reply = _wait_for_version(suite, "two-tower-1")
+    reply = suite.wait_for_version("two-tower-1")
     assert reply.model_version == "two-tower-1" and not reply.fallback
     assert len(reply.items) == 10
     rated = {e.item_id for e in _ratings([m.item_id for m in catalogue()]) if e.user_id == "u0"}
@@ -78,7 +69,7 @@ def test_recommend_answers_from_the_published_model(suite: UserSuite) -> None:
 
 
 def test_a_new_item_is_recommendable_by_the_model_at_once(suite: UserSuite) -> None:
-    _wait_for_version(suite, "two-tower-1")
+    suite.wait_for_version("two-tower-1")
     fresh = Item("brand-new", title="A brand new film nobody has rated", categories=("Fresh",))
     suite.client().upsert([fresh])
     reply = recommend(suite, "u0", filter=api.Filter(include_categories=["Fresh"]))
@@ -87,7 +78,7 @@ def test_a_new_item_is_recommendable_by_the_model_at_once(suite: UserSuite) -> N
 
 
 def test_a_new_event_changes_the_answer_without_retraining(suite: UserSuite) -> None:
-    before = _wait_for_version(suite, "two-tower-1", user="newcomer")
+    before = suite.wait_for_version("two-tower-1", user="newcomer")
     assert before.fallback  # nothing known about this user yet: popular items
     log(suite, rate("newcomer-1", "newcomer", catalogue()[0].item_id, T0 + 10_000))
     after = recommend(suite, "newcomer")
@@ -96,7 +87,7 @@ def test_a_new_event_changes_the_answer_without_retraining(suite: UserSuite) -> 
 
 
 def test_a_switch_under_load_fails_nothing_and_mixes_no_versions(suite: UserSuite) -> None:
-    _wait_for_version(suite, "two-tower-1")
+    suite.wait_for_version("two-tower-1")
     answers: dict[str, set[tuple[tuple[str, float], ...]]] = defaultdict(set)
     failures: list[str] = []
     stop = threading.Event()
@@ -118,7 +109,7 @@ def test_a_switch_under_load_fails_nothing_and_mixes_no_versions(suite: UserSuit
         caller.start()
     try:
         assert "published version 2" in suite.train()
-        _wait_for_version(suite, "two-tower-2")
+        suite.wait_for_version("two-tower-2")
         time.sleep(3)  # past the grace period: version 1 is retired under load too
     finally:
         stop.set()
@@ -148,13 +139,13 @@ def test_a_stalled_triton_falls_back_to_the_content_profile(suite: UserSuite) ->
     assert reply.fallback and reply.model_version == CONTENT_MODEL
     assert len(reply.items) == 10
     assert took < 2.0
-    assert _wait_for_version(suite, version).model_version == version
+    assert suite.wait_for_version(version).model_version == version
 
 
 def test_the_live_version_exports_for_tritons_pytorch_backend(
     suite: UserSuite, tmp_path: Path
 ) -> None:
-    _wait_for_version(suite, "two-tower-1")
+    suite.wait_for_version("two-tower-1")
     store = ModelStore(Path(suite.env["RECSYS_DATA_DIR"]) / "models")
     version = export_repository(store, tmp_path / "production")
     assert version == store.live().version  # type: ignore[union-attr]

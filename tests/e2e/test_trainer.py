@@ -73,15 +73,6 @@ def wait_trained(suite: UserSuite, offset: int, timeout_s: float = 240) -> str:
     return str(reply.live_version)
 
 
-def serving(suite: UserSuite, version: str, timeout_s: float = 30) -> api.RecommendResponse:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        reply = recommend(suite, "u0")
-        if reply.model_version == version or time.monotonic() > deadline:
-            return reply
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserSuite]:
     running = UserSuite(tmp_path_factory.mktemp("trainer")).start()
@@ -107,7 +98,7 @@ def test_logged_events_reach_a_published_model_with_no_manual_step(
     reply = log(suite, *ratings(movies, 0, 600))
     version = wait_trained(suite, reply.last_offset)
     assert version.startswith("two-tower-")
-    answer = serving(suite, version)
+    answer = suite.wait_for_version(version)
     assert answer.model_version == version and len(answer.items) == 10
 
     # Later events are learned incrementally and published without a retrain.
@@ -122,7 +113,7 @@ def test_logged_events_reach_a_published_model_with_no_manual_step(
     assert not now.full_retrain_running
 
     gateway = suite.stub().GetStatus(api.GetStatusRequest(), timeout=10)
-    serving(suite, newer)
+    suite.wait_for_version(newer)
     gateway = suite.stub().GetStatus(api.GetStatusRequest(), timeout=10)
     assert gateway.live_version == newer
     assert gateway.trained_offset >= later.last_offset
@@ -171,7 +162,10 @@ def test_rollback_serves_the_previous_version_at_once(suite: UserSuite, movies: 
     answer = trainer(suite).Rollback(trainer_pb2.RollbackRequest(), timeout=30)
     assert answer.live_version == before.previous_version
     assert answer.rolled_back_from == before.live_version
-    assert serving(suite, answer.live_version, timeout_s=5).model_version == answer.live_version
+    assert (
+        suite.wait_for_version(answer.live_version, timeout_s=5).model_version
+        == answer.live_version
+    )
     assert time.monotonic() - started < 5
     after = status(suite)
     assert after.live_version == before.previous_version
