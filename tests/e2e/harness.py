@@ -44,6 +44,7 @@ class UserSuite:
         for service in ("GATEWAY", "FEATURES", "RETRIEVAL", "EMBEDDING", "TRAINER"):
             self.env[f"RECSYS_{service}_PORT"] = str(free_port())
             self.env[f"RECSYS_{service}_METRICS_PORT"] = "0"
+        self.with_trainer = trainer
         if not trainer:
             self.env["RECSYS_SUITE_SERVICES"] = "features,retrieval,embedding,gateway"
         self.gateway = f"{HOST}:{self.env['RECSYS_GATEWAY_PORT']}"
@@ -53,6 +54,8 @@ class UserSuite:
     def start(self) -> UserSuite:
         self.process = subprocess.Popen([RECSYS, "up"], env=self.env)
         wait_serving(self.gateway, self.process)
+        if self.with_trainer:  # the gateway can be ready before the trainer's Ray is
+            wait_serving(self.trainer, self.process)
         return self
 
     def stub(self) -> gateway_pb2_grpc.GatewayServiceStub:
