@@ -137,14 +137,24 @@ class ItemFilter:
     include_categories: frozenset[str] = frozenset()
     exclude_categories: frozenset[str] = frozenset()
     exclude_item_ids: frozenset[str] = frozenset()
+    # Every one of these, on top of the rest (not in the public Filter: the suite's own
+    # markers, such as the items a model version has not learned).
+    require_categories: frozenset[str] = frozenset()
 
     def is_empty(self) -> bool:
-        return not (self.include_categories or self.exclude_categories or self.exclude_item_ids)
+        return not (
+            self.include_categories
+            or self.exclude_categories
+            or self.exclude_item_ids
+            or self.require_categories
+        )
 
     def admits_categories(self, categories: Iterable[str]) -> bool:
         """Whether an item with these categories passes the category part of the filter."""
         own = set(categories)
         if self.include_categories and not own & self.include_categories:
+            return False
+        if not self.require_categories <= own:
             return False
         return not own & self.exclude_categories
 

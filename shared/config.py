@@ -6,6 +6,7 @@ message naming the variable.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,7 +47,9 @@ class Env:
             raise ConfigError(f"{self.prefix}{name}={parsed} is outside [{minimum}, {maximum}]")
         return parsed
 
-    def number(self, name: str, default: float, minimum: float = 0.0) -> float:
+    def number(
+        self, name: str, default: float, minimum: float = 0.0, maximum: float = math.inf
+    ) -> float:
         value = self._raw(name)
         if value is None:
             return default
@@ -56,6 +59,8 @@ class Env:
             raise ConfigError(f"{self.prefix}{name}={value!r} is not a number") from None
         if not parsed >= minimum:
             raise ConfigError(f"{self.prefix}{name}={parsed} is below {minimum}")
+        if parsed > maximum:
+            raise ConfigError(f"{self.prefix}{name}={parsed} is above {maximum}")
         return parsed
 
     def path(self, name: str, default: Path) -> Path:

@@ -27,6 +27,16 @@ def model_name(version: int) -> str:
     return f"{MODEL_FAMILY}-{version}"
 
 
+# Marks, in a version's index, the items the version has no id row for: it knows them by
+# their text alone (new items, mostly), so its scores rarely rank them high on their own.
+UNLEARNED_CATEGORY = "recsys.unlearned"
+
+
+def index_categories(categories: Sequence[str], row: int) -> list[str]:
+    """An item's categories in a model version's index, given its id row there (0: none)."""
+    return [*categories, UNLEARNED_CATEGORY] if row == 0 else list(categories)
+
+
 def write_json_atomically(path: Path, value: object) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with temporary.open("w") as f:

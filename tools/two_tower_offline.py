@@ -211,12 +211,16 @@ class GatewaySubject:
         content_weight: float = 0.0,
         model_weight: float = 1.0,
         profile_half_life_s: float = 7 * 24 * 3600.0,
+        cold_share: float = 0.0,
     ) -> None:
         """`content_weight` adds the content-profile path's similarity (the gateway's
         fallback: the user's recent items' MiniLM vectors, weighted by rating and age)."""
         self.name = f"gateway w={popularity_weight:g}"
         if content_weight or model_weight != 1.0:
             self.name += f" model={model_weight:g} content={content_weight:g}"
+        if cold_share:
+            self.name += f" cold={cold_share:g}"
+        self.cold_share = cold_share
         self.content_weight = content_weight
         self.model_weight = model_weight
         self.profile_half_life_s = profile_half_life_s
@@ -245,6 +249,7 @@ class GatewaySubject:
         self._items = sorted({e.item_id for e in history} | new_items)
         self._column = {item: n for n, item in enumerate(self._items)}
         self._item_vectors = embed_items(trained, self._items, self.models.content)
+        self._cold_mask = np.array([i not in trained.items for i in self._items], dtype=bool)
         if self.content_weight:
             dim = trained.tower.content_dim
             zero = np.zeros(dim, dtype=np.float32)
@@ -281,9 +286,22 @@ class GatewaySubject:
                     scores[column] += score * scale
         excluded = [self._column[i] for i in seen if i in self._column]
         scores[excluded] = -np.inf
+        ranked = self._top(scores, k)
+        slots = int(k * self.cold_share)
+        if slots:
+            cold = self._cold_mask & np.isfinite(scores)
+            chosen = set(ranked[: k - slots])
+            cold_scores = np.where(cold, scores, -np.inf)
+            extra = [c for c in self._top(cold_scores, k) if c not in chosen][:slots]
+            rest = [c for c in ranked if c not in chosen and c not in extra]
+            ranked = ranked[: k - slots] + extra + rest
+            ranked = ranked[:k]
+        return [self._items[c] for c in ranked if np.isfinite(scores[c])]
+
+    @staticmethod
+    def _top(scores: np.ndarray, k: int) -> list[int]:
         best = np.argpartition(-scores, k)[:k] if scores.size > k else np.arange(scores.size)
-        best = best[np.argsort(-scores[best], kind="stable")]
-        return [self._items[c] for c in best if np.isfinite(scores[c])]
+        return [int(c) for c in best[np.argsort(-scores[best], kind="stable")]]
 
     def _profile(self, user_id: str) -> np.ndarray:
         """As the gateway's content profile: the latest items, each weighted by its rating
@@ -404,7 +422,7 @@ def main() -> int:
     parser.add_argument(
         "--blends",
         default="",
-        help="comma-separated model:content:popularity weight triples for the gateway subject",
+        help="comma-separated model:content:popularity[:cold share] for the gateway subject",
     )
     parser.add_argument(
         "--trending-half-life-s", type=float, default=365 * 24 * 3600.0, help="as make eval sets"
@@ -432,13 +450,14 @@ def main() -> int:
     if args.blends:
         models = TrainedPerBlock(content, config, TowerConfig(**tower_values), args.model_cache)
         for triple in args.blends.split(","):
-            model_w, content_w, popularity_w = (float(x) for x in triple.split(":"))
+            model_w, content_w, popularity_w, *cold = (float(x) for x in triple.split(":"))
             blend = GatewaySubject(
                 models,
                 popularity_w,
                 args.trending_half_life_s,
                 content_weight=content_w,
                 model_weight=model_w,
+                cold_share=cold[0] if cold else 0.0,
             )
             results[blend.name] = run(blend, data, args.prequential)
             print(f"  {blend.name}: {results[blend.name]['blocks']}", flush=True)

@@ -25,6 +25,8 @@ class GatewayConfig:
     model_poll_s: float  # how often the live model version is checked
     embedding_timeout_s: float  # one user-tower call, retries included
     model_popularity_weight: float  # as popularity_weight, for the trained model's scores
+    model_content_weight: float  # content-profile similarity added to the model's scores
+    new_item_share: float  # of k, places kept for items the serving version has not learned
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -43,5 +45,7 @@ class GatewayConfig:
             model_dir=model_dir(environ),
             model_poll_s=env.number("MODEL_POLL_S", 0.5, minimum=0.01),
             embedding_timeout_s=env.number("EMBEDDING_TIMEOUT_S", 0.5, minimum=0.001),
-            model_popularity_weight=env.number("MODEL_POPULARITY_WEIGHT", 0.0, minimum=0.0),
+            model_popularity_weight=env.number("MODEL_POPULARITY_WEIGHT", 1.0, minimum=0.0),
+            model_content_weight=env.number("MODEL_CONTENT_WEIGHT", 1.0, minimum=0.0),
+            new_item_share=env.number("NEW_ITEM_SHARE", 0.1, minimum=0.0, maximum=1.0),
         )

@@ -35,7 +35,7 @@ from shared.convert import (
 from shared.embedding_client import EmbeddingClient, EmbeddingUnavailable
 from shared.errors import InvalidArgument, Unavailable
 from shared.events import Event, Interaction, validate_events
-from shared.model_store import LiveVersion, ServingInfo
+from shared.model_store import UNLEARNED_CATEGORY, LiveVersion, ServingInfo, index_categories
 
 # What answers Recommend until a trained model is published.
 CONTENT_MODEL = "content-profile"
@@ -119,7 +119,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 index=model.name,
                 records=[
                     retrieval_pb2.VectorRecord(
-                        item_id=v.item_id, vector=embedded[i].tolist(), categories=v.categories
+                        item_id=v.item_id,
+                        vector=embedded[i].tolist(),
+                        categories=index_categories(v.categories, int(rows[i, 0])),
                     )
                     for i, v in enumerate(vectors)
                 ],
@@ -305,16 +307,30 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 weights,
                 deadline(context, self.config.embedding_timeout_s),
             )
+            search = retrieval_pb2.SearchRequest(
+                index=model.name,
+                vector=vector[0].tolist(),
+                k=request.k,
+                filter=request.filter,
+                exclude_item_ids=history.seen_item_ids,
+                boosts=self._popularity_boosts(trending, self.config.model_popularity_weight),
+            )
+            slots = int(request.k * self.config.new_item_share)
+            if slots:
+                search.reserved.CopyFrom(
+                    retrieval_pb2.ReservedSlots(slots=slots, category=UNLEARNED_CATEGORY)
+                )
+            if self.config.model_content_weight > 0 and recent:
+                profile = profile_weights(recent, self.config.profile_half_life_s)
+                search.profile.CopyFrom(
+                    retrieval_pb2.ProfileTerm(
+                        index=CONTENT_INDEX,
+                        items=[retrieval_pb2.WeightedItem(item_id=i, weight=w) for i, w in profile],
+                        weight=self.config.model_content_weight,
+                    )
+                )
             reply = await self.retrieval.Search(
-                retrieval_pb2.SearchRequest(
-                    index=model.name,
-                    vector=vector[0].tolist(),
-                    k=request.k,
-                    filter=request.filter,
-                    exclude_item_ids=history.seen_item_ids,
-                    boosts=self._popularity_boosts(trending, self.config.model_popularity_weight),
-                ),
-                timeout=deadline(context, self.config.call_timeout_s),
+                search, timeout=deadline(context, self.config.call_timeout_s)
             )
             picks = [Pick(scored(h.item_id, h.score), "", MODEL_REASON) for h in reply.hits]
         fallback = not picks

@@ -15,13 +15,13 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from services.retrieval.vector_index import Hit, IndexSettings, VectorIndex
+from services.retrieval.vector_index import Hit, IndexSettings, VectorIndex, hybrid_search
 from services.retrieval.vector_store import VectorStore
 from shared.catalog import (
     CONTENT_INDEX,
@@ -46,6 +46,24 @@ class Record:
     item_id: str
     vector: Sequence[float]
     categories: Sequence[str]
+
+
+@dataclass(frozen=True)
+class ProfileTerm:
+    """A second similarity for hybrid ranking: `weight` times the similarity, in `index`,
+    to the normalised weighted sum of the `items`' vectors there."""
+
+    index: str
+    items: Sequence[tuple[str, float]]
+    weight: float
+
+
+@dataclass(frozen=True)
+class ReservedSlots:
+    """The last `slots` places of a result go to the best items that carry `category`."""
+
+    slots: int
+    category: str
 
 
 @dataclass(frozen=True)
@@ -76,6 +94,13 @@ def _as_matrix(records: Sequence[Record], dimension: int | None) -> np.ndarray:
     if len(bad):
         raise InvalidArgument(f"records[{bad[0]}].vector", "must contain only finite numbers")
     return matrix
+
+
+def _validate_reserved(reserved: ReservedSlots, k: int) -> None:
+    if not 0 <= reserved.slots <= k:
+        raise InvalidArgument("reserved.slots", f"must be from 0 to k ({k})")
+    if reserved.slots and not reserved.category:
+        raise InvalidArgument("reserved.category", "must not be empty")
 
 
 def _validate_weighted(items: Sequence[tuple[str, float]], field: str) -> None:
@@ -214,10 +239,15 @@ class IndexRegistry:
         flt: ItemFilter,
         exclude: Sequence[str] = (),
         boosts: Sequence[tuple[str, float]] = (),
+        profile: ProfileTerm | None = None,
+        reserved: ReservedSlots | None = None,
     ) -> list[Hit]:
         name = index_name(name)
         validate_k(k)
         _validate_weighted(boosts, "boosts")
+        second = self._profile_query(profile) if profile is not None else None
+        if reserved is not None:
+            _validate_reserved(reserved, k)
         index = self._indexes.get(name)
         if index is None:
             return []
@@ -228,9 +258,49 @@ class IndexRegistry:
         query = np.asarray(vector, dtype=np.float32)
         if not np.isfinite(query).all():
             raise InvalidArgument("vector", "must contain only finite numbers")
-        if boosts:
-            return index.search_boosted(query, k, flt, exclude, dict(boosts), BOOST_POOL)
-        return index.search(query, k, flt, exclude)
+
+        def ranked(top: int, item_filter: ItemFilter, skip: Sequence[str]) -> list[Hit]:
+            if second is not None:
+                assert profile is not None
+                other, other_query = second
+                return hybrid_search(
+                    index,
+                    query,
+                    other,
+                    other_query,
+                    profile.weight,
+                    top,
+                    item_filter,
+                    skip,
+                    dict(boosts),
+                    BOOST_POOL,
+                )
+            if boosts:
+                return index.search_boosted(query, top, item_filter, skip, dict(boosts), BOOST_POOL)
+            return index.search(query, top, item_filter, skip)
+
+        hits = ranked(k, flt, exclude)
+        if reserved is None or reserved.slots == 0:
+            return hits
+        fixed = hits[: k - reserved.slots]
+        marked = replace(flt, require_categories=flt.require_categories | {reserved.category})
+        kept = ranked(reserved.slots, marked, [*exclude, *(h.item_id for h in fixed)])
+        taken = {h.item_id for h in fixed} | {h.item_id for h in kept}
+        rest = [h for h in hits[k - reserved.slots :] if h.item_id not in taken]
+        return (fixed + kept + rest)[:k]
+
+    def _profile_query(self, profile: ProfileTerm) -> tuple[VectorIndex, np.ndarray] | None:
+        """The profile's index and query vector; None when it adds nothing (no weight, no
+        such index, or none of its items there)."""
+        name = index_name(profile.index, "profile.index")
+        _validate_weighted(profile.items, "profile.items")
+        if not math.isfinite(profile.weight) or profile.weight < 0:
+            raise InvalidArgument("profile.weight", "must be a finite number, 0 or more")
+        other = self._indexes.get(name)
+        if other is None or profile.weight == 0 or not profile.items:
+            return None
+        query, _ = other.profile_vector(profile.items)
+        return None if query is None else (other, query)
 
     def similar(self, name: str, item_id: str, k: int, flt: ItemFilter) -> list[Hit]:
         name = index_name(name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
-from services.retrieval.indexes import IndexRegistry, Record
+from services.retrieval.indexes import IndexRegistry, ProfileTerm, Record, ReservedSlots
 from services.retrieval.vector_index import Hit
 from shared.convert import filter_from_proto
 
@@ -20,6 +20,10 @@ def _hits(hits: list[Hit]) -> list[retrieval_pb2.Hit]:
         )
         for h in hits
     ]
+
+
+def _profile_term(term: retrieval_pb2.ProfileTerm) -> ProfileTerm:
+    return ProfileTerm(term.index, [(i.item_id, i.weight) for i in term.items], term.weight)
 
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
@@ -49,6 +53,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             filter_from_proto(request.filter),
             list(request.exclude_item_ids),
             [(b.item_id, b.weight) for b in request.boosts],
+            _profile_term(request.profile) if request.HasField("profile") else None,
+            ReservedSlots(request.reserved.slots, request.reserved.category)
+            if request.HasField("reserved")
+            else None,
         )
         return retrieval_pb2.SearchResponse(hits=_hits(hits))
 

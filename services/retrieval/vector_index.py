@@ -205,15 +205,7 @@ class VectorIndex:
         excluded = set(exclude)
         nearest = self.search(query, k + pool if boosts else k, item_filter, excluded)
         scores = {h.item_id: h.score + boosts.get(h.item_id, 0.0) for h in nearest}
-        excluded |= item_filter.exclude_item_ids
-        extra = [
-            i
-            for i in boosts
-            if i not in scores
-            and i in self._rows
-            and i not in excluded
-            and item_filter.admits_categories(self._row_categories[self._rows[i]])
-        ]
+        extra = [i for i in boosts if i not in scores and self.admits(i, item_filter, excluded)]
         if extra:
             rows = np.asarray([self._rows[i] for i in extra], dtype=np.int64)
             for item_id, similarity in zip(extra, self._vectors(rows) @ query, strict=True):
@@ -221,11 +213,29 @@ class VectorIndex:
         best = sorted(scores.items(), key=lambda pair: -pair[1])[:k]
         return [Hit(item_id, score) for item_id, score in best]
 
+    def admits(self, item_id: str, item_filter: ItemFilter, excluded: set[str]) -> bool:
+        row = self._rows.get(item_id)
+        return (
+            row is not None
+            and item_id not in excluded
+            and item_id not in item_filter.exclude_item_ids
+            and item_filter.admits_categories(self._row_categories[row])
+        )
+
+    def similarities(self, item_ids: Sequence[str], query: np.ndarray) -> np.ndarray:
+        """Each item's similarity to the query; NaN for an item this index lacks."""
+        found = [n for n, item_id in enumerate(item_ids) if item_id in self._rows]
+        scores = np.full(len(item_ids), np.nan, dtype=np.float32)
+        rows = np.asarray([self._rows[item_ids[n]] for n in found], dtype=np.int64)
+        scores[found] = self._vectors(rows) @ np.asarray(query, dtype=np.float32).reshape(-1)
+        return scores
+
     def _only_few_excluded(self, item_filter: ItemFilter, excluded: set[str]) -> bool:
         return (
             self.dead_rows == 0
             and not item_filter.include_categories
             and not item_filter.exclude_categories
+            and not item_filter.require_categories
             and len(excluded) <= 16
         )
 
@@ -291,6 +301,10 @@ class VectorIndex:
             for category in item_filter.include_categories:
                 wanted[self._rows_of(category)] = True
             mask &= wanted
+        for category in item_filter.require_categories:
+            required = np.zeros_like(mask)
+            required[self._rows_of(category)] = True
+            mask &= required
         for category in item_filter.exclude_categories:
             mask[self._rows_of(category)] = False
         for item_id in exclude_ids:
@@ -341,3 +355,36 @@ class VectorIndex:
             for category in restored._row_categories[row]:
                 restored._category_rows.setdefault(category, set()).add(row)
         return restored
+
+
+def hybrid_search(
+    primary: VectorIndex,
+    query: np.ndarray,
+    secondary: VectorIndex,
+    secondary_query: np.ndarray,
+    secondary_weight: float,
+    k: int,
+    item_filter: ItemFilter,
+    exclude: Iterable[str],
+    boosts: Mapping[str, float],
+    pool: int,
+) -> list[Hit]:
+    """Top-k items of `primary` by similarity there, plus `secondary_weight` times the
+    similarity in `secondary` (0 where it lacks the item), plus boost. The candidates are
+    the `k + pool` nearest of each index and every boosted item."""
+    excluded = set(exclude)
+    candidates = [h.item_id for h in primary.search(query, k + pool, item_filter, excluded)]
+    candidates += [
+        h.item_id for h in secondary.search(secondary_query, k + pool, item_filter, excluded)
+    ]
+    candidates += list(boosts)
+    unique = [i for i in dict.fromkeys(candidates) if primary.admits(i, item_filter, excluded)]
+    if not unique:
+        return []
+    total = (
+        primary.similarities(unique, query)
+        + secondary_weight * np.nan_to_num(secondary.similarities(unique, secondary_query))
+        + np.asarray([boosts.get(i, 0.0) for i in unique], dtype=np.float32)
+    )
+    best = np.argsort(-total, kind="stable")[:k]
+    return [Hit(unique[b], float(total[b])) for b in best]

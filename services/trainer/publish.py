@@ -26,7 +26,7 @@ from services.embedding.repository import TOWERS, Repository
 from services.trainer.sources import catalogue_pages
 from services.trainer.training import TrainedModel, save_trained
 from shared.embedding_client import EmbeddingClient
-from shared.model_store import LiveVersion, ModelStore, model_name
+from shared.model_store import LiveVersion, ModelStore, index_categories, model_name
 from shared.two_tower import Vocabulary, export_towers, tower_io
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,9 @@ class Publisher:
             )
             records += [
                 retrieval_pb2.VectorRecord(
-                    item_id=v.item_id, vector=vectors[i].tolist(), categories=v.categories
+                    item_id=v.item_id,
+                    vector=vectors[i].tolist(),
+                    categories=index_categories(v.categories, int(rows[i, 0])),
                 )
                 for i, v in enumerate(part)
             ]

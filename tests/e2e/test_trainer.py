@@ -22,6 +22,8 @@ from tests.e2e.harness import TrainerProcess, UserSuite, catalogue
 from tests.e2e.test_events import T0, log, rate, recommend
 
 USERS = 40
+GROUPS = 4
+GROUP_FILMS = 10
 KILLS = 3
 # Small and fast: a full retrain of a few seconds, publishes every 2 s, a gate that
 # compares on 150 events.
@@ -40,14 +42,16 @@ TRAINER_ENV = {
 
 
 def ratings(movies: list[str], first: int, count: int) -> list[api.Event]:
-    """Two taste groups over disjoint halves of the catalogue, in time order."""
+    """Four taste groups of 10 films each, in time order: a model that learned them ranks
+    a user's next film in its top 10, while one trained on relabelled items places only a
+    quarter of the group's films there, a gap no sample of 150 events can hide."""
     rng = random.Random(first)
-    half = len(movies) // 2
+    spacing = len(movies) // GROUPS
     events = []
     for n in range(first, first + count):
         user = n % USERS
-        pool = movies[:half] if user % 2 == 0 else movies[half:]
-        item = pool[rng.randrange(40)]
+        group = user % GROUPS
+        item = movies[group * spacing + rng.randrange(GROUP_FILMS)]
         events.append(rate(f"t{n}", f"u{user}", item, T0 + n, value=float(rng.choice((3, 4, 5)))))
     return events
 

@@ -21,7 +21,10 @@ def vectors(count: int, seed: int = 1) -> np.ndarray:
 
 
 def upsert(
-    stub: retrieval_pb2_grpc.RetrievalServiceStub, matrix: np.ndarray, start: int = 0
+    stub: retrieval_pb2_grpc.RetrievalServiceStub,
+    matrix: np.ndarray,
+    start: int = 0,
+    index: str = "content",
 ) -> None:
     records = [
         retrieval_pb2.VectorRecord(
@@ -33,9 +36,7 @@ def upsert(
     ]
     for first in range(0, len(records), 500):
         stub.UpsertVectors(
-            retrieval_pb2.UpsertVectorsRequest(
-                index="content", records=records[first : first + 500]
-            ),
+            retrieval_pb2.UpsertVectorsRequest(index=index, records=records[first : first + 500]),
             timeout=30,
         )
 
@@ -77,6 +78,87 @@ def test_filtered_search_keeps_only_matching_categories(data_dir: Path) -> None:
         )
         ids = [h.item_id for h in reply.hits]
         assert len(ids) == 49 and all(int(i[1:]) % 2 == 1 for i in ids) and "i1" not in ids
+
+
+def test_hybrid_search_adds_the_profile_similarity_in_another_index(data_dir: Path) -> None:
+    content, model = vectors(200, seed=1), vectors(200, seed=2)
+    profile = [("i3", 2.0), ("i7", 1.0)]
+    with running(ServiceProcess("retrieval", data_dir)) as service:
+        stub = retrieval_pb2_grpc.RetrievalServiceStub(service.channel())
+        upsert(stub, content)
+        upsert(stub, model, index="two-tower-1")
+        reply = stub.Search(
+            retrieval_pb2.SearchRequest(
+                index="two-tower-1",
+                vector=model[0].tolist(),
+                k=5,
+                exclude_item_ids=["i3", "i7"],
+                profile=retrieval_pb2.ProfileTerm(
+                    index="content",
+                    items=[retrieval_pb2.WeightedItem(item_id=i, weight=w) for i, w in profile],
+                    weight=0.5,
+                ),
+            ),
+            timeout=5,
+        )
+        taste = 2.0 * content[3] + content[7]
+        expected = model @ model[0] + 0.5 * content @ (taste / np.linalg.norm(taste))
+        expected[[3, 7]] = -np.inf
+        assert [h.item_id for h in reply.hits] == [f"i{n}" for n in np.argsort(-expected)[:5]]
+        assert [h.score for h in reply.hits] == pytest.approx(np.sort(expected)[::-1][:5], abs=1e-5)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Search(
+                retrieval_pb2.SearchRequest(
+                    index="two-tower-1",
+                    vector=model[0].tolist(),
+                    k=5,
+                    profile=retrieval_pb2.ProfileTerm(index="content", weight=float("nan")),
+                ),
+                timeout=5,
+            )
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.details().startswith("profile.weight")
+
+
+def test_reserved_slots_go_to_the_best_items_of_their_category(data_dir: Path) -> None:
+    matrix = vectors(100)
+    marked = {f"i{n}" for n in range(0, 100, 10)}
+    records = [
+        retrieval_pb2.VectorRecord(
+            item_id=f"i{n}",
+            vector=row.tolist(),
+            categories=["new"] if f"i{n}" in marked else ["old"],
+        )
+        for n, row in enumerate(matrix)
+    ]
+    scores = matrix @ matrix[1]
+    order = [f"i{n}" for n in np.argsort(-scores) if n != 1]
+    with running(ServiceProcess("retrieval", data_dir)) as service:
+        stub = retrieval_pb2_grpc.RetrievalServiceStub(service.channel())
+        stub.UpsertVectors(retrieval_pb2.UpsertVectorsRequest(records=records), timeout=10)
+        reply = stub.Search(
+            retrieval_pb2.SearchRequest(
+                vector=matrix[1].tolist(),
+                k=10,
+                exclude_item_ids=["i1"],
+                reserved=retrieval_pb2.ReservedSlots(slots=2, category="new"),
+            ),
+            timeout=5,
+        )
+        first = order[:8]
+        best_marked = [i for i in order if i in marked and i not in first][:2]
+        assert [h.item_id for h in reply.hits] == first + best_marked
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Search(
+                retrieval_pb2.SearchRequest(
+                    vector=matrix[1].tolist(),
+                    k=3,
+                    reserved=retrieval_pb2.ReservedSlots(slots=4, category="new"),
+                ),
+                timeout=5,
+            )
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.details().startswith("reserved.slots")
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.retrieval.vector_index import HNSW, IndexSettings, VectorIndex
+from services.retrieval.vector_index import HNSW, IndexSettings, VectorIndex, hybrid_search
 from shared.catalog import ItemFilter
 
 DIM = 32
@@ -123,3 +123,19 @@ def test_boost_lifts_a_far_item_into_the_results_and_respects_filters() -> None:
     )
     hits = index.search_boosted(vectors[0], 3, odd_only, [], {even_far: 5.0}, pool=10)
     assert even_far not in [h.item_id for h in hits]
+
+
+def test_hybrid_search_ranks_by_both_similarities_over_both_neighbourhoods() -> None:
+    model, model_vectors = filled_index(300)
+    content = VectorIndex(DIM, IndexSettings())
+    content_vectors = unit_vectors(300, seed=7)
+    content.upsert([f"i{n}" for n in range(299)], content_vectors[:299], [[]] * 299)
+    query, taste = model_vectors[0], content_vectors[5]
+    hits = hybrid_search(model, query, content, taste, 2.0, 5, ItemFilter(), ["i0"], {}, pool=10)
+    both = model_vectors @ query + 2.0 * np.append(content_vectors[:299] @ taste, 0.0)
+    both[0] = -np.inf
+    assert [h.item_id for h in hits] == [f"i{n}" for n in np.argsort(-both)[:5]]
+    assert hits[0].item_id == "i5"  # far in the model's space, first by content
+    odd_only = ItemFilter(include_categories=frozenset({"odd"}))
+    hits = hybrid_search(model, query, content, taste, 2.0, 5, odd_only, [], {}, pool=10)
+    assert all(int(h.item_id[1:]) % 2 == 1 for h in hits)

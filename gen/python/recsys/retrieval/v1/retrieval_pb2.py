@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recsys.gateway.v1 import gateway_pb2 as recsys_dot_gateway_dot_v1_dot_gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#recsys/retrieval/v1/retrieval.proto\x12\x13recsys.retrieval.v1\x1a\x1frecsys/gateway/v1/gateway.proto\"C\n\x0cVectorRecord\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\x12\x12\n\ncategories\x18\x03 \x03(\t\"a\n\x03Hit\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x19\n\x11shared_categories\x18\x03 \x03(\t\x12\x1f\n\x17\x63losest_profile_item_id\x18\x04 \x01(\t\"/\n\x0cWeightedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x02\"\xde\x01\n\x16SearchByProfileRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x32\n\x07profile\x18\x02 \x03(\x0b\x32!.recsys.retrieval.v1.WeightedItem\x12\t\n\x01k\x18\x03 \x01(\x05\x12)\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\t\x12\x31\n\x06\x62oosts\x18\x06 \x03(\x0b\x32!.recsys.retrieval.v1.WeightedItem\"^\n\x17SearchByProfileResponse\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.recsys.retrieval.v1.Hit\x12\x1b\n\x13profile_items_found\x18\x02 \x01(\x05\"Y\n\x14UpsertVectorsRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x32\n\x07records\x18\x02 \x03(\x0b\x32!.recsys.retrieval.v1.VectorRecord\")\n\x15UpsertVectorsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"7\n\x14\x44\x65leteVectorsRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\"(\n\x15\x44\x65leteVectorsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"\xb1\x01\n\rSearchRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\x12\t\n\x01k\x18\x03 \x01(\x05\x12)\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\t\x12\x31\n\x06\x62oosts\x18\x06 \x03(\x0b\x32!.recsys.retrieval.v1.WeightedItem\"8\n\x0eSearchResponse\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.recsys.retrieval.v1.Hit\"l\n\x14SearchSimilarRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12)\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\"?\n\x15SearchSimilarResponse\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.recsys.retrieval.v1.Hit\"%\n\x14GetIndexStatsRequest\x12\r\n\x05index\x18\x01 \x01(\t\"Z\n\x15GetIndexStatsResponse\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\"!\n\x10\x44ropIndexRequest\x12\r\n\x05index\x18\x01 \x01(\t\"$\n\x11\x44ropIndexResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\x32\xcf\x05\n\x10RetrievalService\x12\x66\n\rUpsertVectors\x12).recsys.retrieval.v1.UpsertVectorsRequest\x1a*.recsys.retrieval.v1.UpsertVectorsResponse\x12\x66\n\rDeleteVectors\x12).recsys.retrieval.v1.DeleteVectorsRequest\x1a*.recsys.retrieval.v1.DeleteVectorsResponse\x12Q\n\x06Search\x12\".recsys.retrieval.v1.SearchRequest\x1a#.recsys.retrieval.v1.SearchResponse\x12\x66\n\rSearchSimilar\x12).recsys.retrieval.v1.SearchSimilarRequest\x1a*.recsys.retrieval.v1.SearchSimilarResponse\x12\x66\n\rGetIndexStats\x12).recsys.retrieval.v1.GetIndexStatsRequest\x1a*.recsys.retrieval.v1.GetIndexStatsResponse\x12l\n\x0fSearchByProfile\x12+.recsys.retrieval.v1.SearchByProfileRequest\x1a,.recsys.retrieval.v1.SearchByProfileResponse\x12Z\n\tDropIndex\x12%.recsys.retrieval.v1.DropIndexRequest\x1a&.recsys.retrieval.v1.DropIndexResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#recsys/retrieval/v1/retrieval.proto\x12\x13recsys.retrieval.v1\x1a\x1frecsys/gateway/v1/gateway.proto\"C\n\x0cVectorRecord\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\x12\x12\n\ncategories\x18\x03 \x03(\t\"a\n\x03Hit\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x19\n\x11shared_categories\x18\x03 \x03(\t\x12\x1f\n\x17\x63losest_profile_item_id\x18\x04 \x01(\t\"/\n\x0cWeightedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x02\"\xde\x01\n\x16SearchByProfileRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x32\n\x07profile\x18\x02 \x03(\x0b\x32!.recsys.retrieval.v1.WeightedItem\x12\t\n\x01k\x18\x03 \x01(\x05\x12)\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\t\x12\x31\n\x06\x62oosts\x18\x06 \x03(\x0b\x32!.recsys.retrieval.v1.WeightedItem\"^\n\x17SearchByProfileResponse\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.recsys.retrieval.v1.Hit\x12\x1b\n\x13profile_items_found\x18\x02 \x01(\x05\"Y\n\x14UpsertVectorsRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x32\n\x07records\x18\x02 \x03(\x0b\x32!.recsys.retrieval.v1.VectorRecord\")\n\x15UpsertVectorsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"7\n\x14\x44\x65leteVectorsRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\"(\n\x15\x44\x65leteVectorsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"\x9a\x02\n\rSearchRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\x12\t\n\x01k\x18\x03 \x01(\x05\x12)\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\t\x12\x31\n\x06\x62oosts\x18\x06 \x03(\x0b\x32!.recsys.retrieval.v1.WeightedItem\x12\x31\n\x07profile\x18\x07 \x01(\x0b\x32 .recsys.retrieval.v1.ProfileTerm\x12\x34\n\x08reserved\x18\x08 \x01(\x0b\x32\".recsys.retrieval.v1.ReservedSlots\"0\n\rReservedSlots\x12\r\n\x05slots\x18\x01 \x01(\x05\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\"^\n\x0bProfileTerm\x12\r\n\x05index\x18\x01 \x01(\t\x12\x30\n\x05items\x18\x02 \x03(\x0b\x32!.recsys.retrieval.v1.WeightedItem\x12\x0e\n\x06weight\x18\x03 \x01(\x02\"8\n\x0eSearchResponse\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.recsys.retrieval.v1.Hit\"l\n\x14SearchSimilarRequest\x12\r\n\x05index\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12)\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\"?\n\x15SearchSimilarResponse\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.recsys.retrieval.v1.Hit\"%\n\x14GetIndexStatsRequest\x12\r\n\x05index\x18\x01 \x01(\t\"Z\n\x15GetIndexStatsResponse\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\"!\n\x10\x44ropIndexRequest\x12\r\n\x05index\x18\x01 \x01(\t\"$\n\x11\x44ropIndexResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\x32\xcf\x05\n\x10RetrievalService\x12\x66\n\rUpsertVectors\x12).recsys.retrieval.v1.UpsertVectorsRequest\x1a*.recsys.retrieval.v1.UpsertVectorsResponse\x12\x66\n\rDeleteVectors\x12).recsys.retrieval.v1.DeleteVectorsRequest\x1a*.recsys.retrieval.v1.DeleteVectorsResponse\x12Q\n\x06Search\x12\".recsys.retrieval.v1.SearchRequest\x1a#.recsys.retrieval.v1.SearchResponse\x12\x66\n\rSearchSimilar\x12).recsys.retrieval.v1.SearchSimilarRequest\x1a*.recsys.retrieval.v1.SearchSimilarResponse\x12\x66\n\rGetIndexStats\x12).recsys.retrieval.v1.GetIndexStatsRequest\x1a*.recsys.retrieval.v1.GetIndexStatsResponse\x12l\n\x0fSearchByProfile\x12+.recsys.retrieval.v1.SearchByProfileRequest\x1a,.recsys.retrieval.v1.SearchByProfileResponse\x12Z\n\tDropIndex\x12%.recsys.retrieval.v1.DropIndexRequest\x1a&.recsys.retrieval.v1.DropIndexResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,21 +51,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEVECTORSRESPONSE']._serialized_start=822
   _globals['_DELETEVECTORSRESPONSE']._serialized_end=862
   _globals['_SEARCHREQUEST']._serialized_start=865
-  _globals['_SEARCHREQUEST']._serialized_end=1042
-  _globals['_SEARCHRESPONSE']._serialized_start=1044
-  _globals['_SEARCHRESPONSE']._serialized_end=1100
-  _globals['_SEARCHSIMILARREQUEST']._serialized_start=1102
-  _globals['_SEARCHSIMILARREQUEST']._serialized_end=1210
-  _globals['_SEARCHSIMILARRESPONSE']._serialized_start=1212
-  _globals['_SEARCHSIMILARRESPONSE']._serialized_end=1275
-  _globals['_GETINDEXSTATSREQUEST']._serialized_start=1277
-  _globals['_GETINDEXSTATSREQUEST']._serialized_end=1314
-  _globals['_GETINDEXSTATSRESPONSE']._serialized_start=1316
-  _globals['_GETINDEXSTATSRESPONSE']._serialized_end=1406
-  _globals['_DROPINDEXREQUEST']._serialized_start=1408
-  _globals['_DROPINDEXREQUEST']._serialized_end=1441
-  _globals['_DROPINDEXRESPONSE']._serialized_start=1443
-  _globals['_DROPINDEXRESPONSE']._serialized_end=1479
-  _globals['_RETRIEVALSERVICE']._serialized_start=1482
-  _globals['_RETRIEVALSERVICE']._serialized_end=2201
+  _globals['_SEARCHREQUEST']._serialized_end=1147
+  _globals['_RESERVEDSLOTS']._serialized_start=1149
+  _globals['_RESERVEDSLOTS']._serialized_end=1197
+  _globals['_PROFILETERM']._serialized_start=1199
+  _globals['_PROFILETERM']._serialized_end=1293
+  _globals['_SEARCHRESPONSE']._serialized_start=1295
+  _globals['_SEARCHRESPONSE']._serialized_end=1351
+  _globals['_SEARCHSIMILARREQUEST']._serialized_start=1353
+  _globals['_SEARCHSIMILARREQUEST']._serialized_end=1461
+  _globals['_SEARCHSIMILARRESPONSE']._serialized_start=1463
+  _globals['_SEARCHSIMILARRESPONSE']._serialized_end=1526
+  _globals['_GETINDEXSTATSREQUEST']._serialized_start=1528
+  _globals['_GETINDEXSTATSREQUEST']._serialized_end=1565
+  _globals['_GETINDEXSTATSRESPONSE']._serialized_start=1567
+  _globals['_GETINDEXSTATSRESPONSE']._serialized_end=1657
+  _globals['_DROPINDEXREQUEST']._serialized_start=1659
+  _globals['_DROPINDEXREQUEST']._serialized_end=1692
+  _globals['_DROPINDEXRESPONSE']._serialized_start=1694
+  _globals['_DROPINDEXRESPONSE']._serialized_end=1730
+  _globals['_RETRIEVALSERVICE']._serialized_start=1733
+  _globals['_RETRIEVALSERVICE']._serialized_end=2452
 # @@protoc_insertion_point(module_scope)

@@ -90,20 +90,42 @@ class DeleteVectorsResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("index", "vector", "k", "filter", "exclude_item_ids", "boosts")
+    __slots__ = ("index", "vector", "k", "filter", "exclude_item_ids", "boosts", "profile", "reserved")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     BOOSTS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
     index: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     k: int
     filter: _gateway_pb2.Filter
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     boosts: _containers.RepeatedCompositeFieldContainer[WeightedItem]
-    def __init__(self, index: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., boosts: _Optional[_Iterable[_Union[WeightedItem, _Mapping]]] = ...) -> None: ...
+    profile: ProfileTerm
+    reserved: ReservedSlots
+    def __init__(self, index: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., boosts: _Optional[_Iterable[_Union[WeightedItem, _Mapping]]] = ..., profile: _Optional[_Union[ProfileTerm, _Mapping]] = ..., reserved: _Optional[_Union[ReservedSlots, _Mapping]] = ...) -> None: ...
+
+class ReservedSlots(_message.Message):
+    __slots__ = ("slots", "category")
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    slots: int
+    category: str
+    def __init__(self, slots: _Optional[int] = ..., category: _Optional[str] = ...) -> None: ...
+
+class ProfileTerm(_message.Message):
+    __slots__ = ("index", "items", "weight")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    index: str
+    items: _containers.RepeatedCompositeFieldContainer[WeightedItem]
+    weight: float
+    def __init__(self, index: _Optional[str] = ..., items: _Optional[_Iterable[_Union[WeightedItem, _Mapping]]] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits",)
