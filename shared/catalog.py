@@ -151,6 +151,8 @@ class ItemFilter:
 
     def admits_categories(self, categories: Iterable[str]) -> bool:
         """Whether an item with these categories passes the category part of the filter."""
+        if not (self.include_categories or self.require_categories or self.exclude_categories):
+            return True
         own = set(categories)
         if self.include_categories and not own & self.include_categories:
             return False

@@ -215,12 +215,9 @@ class VectorIndex:
 
     def admits(self, item_id: str, item_filter: ItemFilter, excluded: set[str]) -> bool:
         row = self._rows.get(item_id)
-        return (
-            row is not None
-            and item_id not in excluded
-            and item_id not in item_filter.exclude_item_ids
-            and item_filter.admits_categories(self._row_categories[row])
-        )
+        if row is None or item_id in excluded or item_id in item_filter.exclude_item_ids:
+            return False
+        return item_filter.admits_categories(self._row_categories[row])
 
     def similarities(self, item_ids: Sequence[str], query: np.ndarray) -> np.ndarray:
         """Each item's similarity to the query; NaN for an item this index lacks."""
