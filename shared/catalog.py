@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -48,12 +49,15 @@ class Item:
         return hashlib.sha256(self.text().encode("utf-8")).hexdigest()
 
 
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
+
+
 def validate_id(value: str, field_name: str) -> str:
     if not value:
         raise InvalidArgument(field_name, "must not be empty")
     if len(value.encode("utf-8")) > MAX_ID_BYTES:
         raise InvalidArgument(field_name, f"is longer than {MAX_ID_BYTES} bytes")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if _CONTROL_CHARACTER.search(value):
         raise InvalidArgument(field_name, "must not contain control characters")
     return value
 

@@ -133,11 +133,9 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
     async def GetTrending(
         self, request: features_pb2.GetTrendingRequest, context: grpc.aio.ServicerContext
     ) -> features_pb2.GetTrendingResponse:
-        found = await asyncio.to_thread(
-            self.behaviour.trending_items,
-            request.k,
-            filter_from_proto(request.filter),
-            list(request.exclude_item_ids),
+        # In memory and usually cached: cheaper on the event loop than a hop to a thread.
+        found = self.behaviour.trending_items(
+            request.k, filter_from_proto(request.filter), list(request.exclude_item_ids)
         )
         return features_pb2.GetTrendingResponse(
             items=[gateway_pb2.ScoredItem(item_id=i, score=s) for i, s in found]

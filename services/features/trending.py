@@ -22,6 +22,10 @@ class Trending:
         self._when = np.zeros(0)
         self.now = 0.0  # the latest event time seen
         self._lock = threading.Lock()
+        self._changes = 0
+        # The last answer of top(), by (changes, limit): Recommend asks for the same list
+        # on every call, and events arrive far less often than calls.
+        self._last_top: tuple[int, int, list[tuple[str, float]]] | None = None
 
     def add(self, events: Iterable[Event], sign: float = 1.0) -> None:
         with self._lock:
@@ -30,6 +34,7 @@ class Trending:
                 weight = sign * interaction_weight(event.type, event.value)
                 self._add(row, weight, event.timestamp)
                 self.now = max(self.now, event.timestamp)
+            self._changes += 1
 
     def remove(self, events: Iterable[Event]) -> None:
         """Takes back what `add` gave, exactly: the decay is linear in each weight."""
@@ -60,8 +65,12 @@ class Trending:
         return row
 
     def top(self, limit: int) -> list[tuple[str, float]]:
-        """The `limit` most popular items now, best first (only items with a score)."""
+        """The `limit` most popular items now, best first (only items with a score); the
+        list is shared between callers until the next change, so it must not be altered."""
         with self._lock:
+            last = self._last_top
+            if last is not None and last[:2] == (self._changes, limit):
+                return last[2]
             count = len(self._ids)
             current = self._score[:count] * self._decay(self.now - self._when[:count])
             if limit < count:
@@ -69,4 +78,6 @@ class Trending:
                 order = best[np.argsort(-current[best], kind="stable")]
             else:
                 order = np.argsort(-current, kind="stable")
-            return [(self._ids[i], float(current[i])) for i in order if current[i] > 1e-12]
+            ranked = [(self._ids[i], float(current[i])) for i in order if current[i] > 1e-12]
+            self._last_top = (self._changes, limit, ranked)
+            return ranked

@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 import faiss
+from threadpoolctl import threadpool_limits
 
 from recsys.retrieval.v1 import retrieval_pb2_grpc
 from services.retrieval.config import RetrievalConfig
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 
 def build(config: RetrievalConfig) -> GrpcService:
     faiss.omp_set_num_threads(config.faiss_threads)
+    # numpy's BLAS too (the hybrid search's matrix products): a pool of spinning threads
+    # cost more CPU than the search itself on a small machine.
+    threadpool_limits(config.faiss_threads)
     store = VectorStore(config.data_dir / "vectors.sqlite3")
     registry = IndexRegistry(store, config.data_dir / "snapshots", config.index)
     binding = ServiceBinding(

@@ -258,8 +258,18 @@ class IndexRegistry:
         query = np.asarray(vector, dtype=np.float32)
         if not np.isfinite(query).all():
             raise InvalidArgument("vector", "must contain only finite numbers")
+        boosted = dict(boosts)
+        exact = None
+        if second is not None:
+            assert profile is not None
+            other, other_query = second
+            exact = index.hybrid_scores(
+                query, other, other_query, profile.weight, flt, exclude, boosted
+            )
 
         def ranked(top: int, item_filter: ItemFilter, skip: Sequence[str]) -> list[Hit]:
+            if exact is not None:  # flt and exclude are in its scores already
+                return exact.top(top, item_filter.require_categories, skip)
             if second is not None:
                 assert profile is not None
                 other, other_query = second
@@ -272,20 +282,24 @@ class IndexRegistry:
                     top,
                     item_filter,
                     skip,
-                    dict(boosts),
+                    boosted,
                     BOOST_POOL,
                 )
             if boosts:
-                return index.search_boosted(query, top, item_filter, skip, dict(boosts), BOOST_POOL)
+                return index.search_boosted(query, top, item_filter, skip, boosted, BOOST_POOL)
             return index.search(query, top, item_filter, skip)
 
         hits = ranked(k, flt, exclude)
         if reserved is None or reserved.slots == 0:
             return hits
         fixed = hits[: k - reserved.slots]
+        fixed_ids = [h.item_id for h in fixed]
         marked = replace(flt, require_categories=flt.require_categories | {reserved.category})
-        kept = ranked(reserved.slots, marked, [*exclude, *(h.item_id for h in fixed)])
-        taken = {h.item_id for h in fixed} | {h.item_id for h in kept}
+        kept = [
+            replace(h, reserved=True)
+            for h in ranked(reserved.slots, marked, fixed_ids if exact else [*exclude, *fixed_ids])
+        ]
+        taken = {*fixed_ids, *(h.item_id for h in kept)}
         rest = [h for h in hits[k - reserved.slots :] if h.item_id not in taken]
         return (fixed + kept + rest)[:k]
 

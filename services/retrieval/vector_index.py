@@ -36,6 +36,7 @@ class Hit:
     score: float
     shared_categories: tuple[str, ...] = ()
     closest_profile_item_id: str = ""
+    reserved: bool = False  # holds a place kept for a category (ReservedSlots)
 
 
 def _new_faiss(kind: str, dimension: int, settings: IndexSettings) -> faiss.Index:
@@ -60,6 +61,8 @@ class VectorIndex:
         self._alive = np.zeros(0, dtype=bool)  # by row; kept so a search's mask is one copy
         self._category_rows: dict[str, set[int]] = {}
         self._category_cache: dict[str, np.ndarray] = {}
+        self._changes = 0  # bumped by every mutation: keys the cached row map below
+        self._row_map: tuple[VectorIndex, int, int, np.ndarray] | None = None
 
     # ---- size and state -------------------------------------------------------------
 
@@ -118,6 +121,7 @@ class VectorIndex:
             for category in cats:
                 self._category_rows.setdefault(category, set()).add(row)
         self._category_cache.clear()
+        self._changes += 1
 
     def delete(self, ids: Iterable[str]) -> int:
         deleted = self._kill(ids)
@@ -142,6 +146,8 @@ class VectorIndex:
             for category in self._row_categories[row]:
                 self._category_rows[category].discard(row)
             killed += 1
+        if killed:
+            self._changes += 1
         return killed
 
     # ---- search -----------------------------------------------------------------------
@@ -318,6 +324,73 @@ class VectorIndex:
             self._category_cache[category] = cached
         return cached
 
+    def hybrid_scores(
+        self,
+        query: np.ndarray,
+        other: VectorIndex,
+        other_query: np.ndarray,
+        other_weight: float,
+        item_filter: ItemFilter,
+        exclude: Iterable[str],
+        boosts: Mapping[str, float],
+    ) -> RowScores | None:
+        """Every row's similarity here plus `other_weight` times the item's similarity in
+        `other` (0 where it lacks the item) plus its boost, computed exhaustively; None
+        where either index is HNSW, whose sizes make a full pass too slow."""
+        mine, theirs = self._flat_matrix(), other._flat_matrix()
+        if mine is None or theirs is None:
+            return None
+        total = mine @ np.asarray(query, dtype=np.float32).reshape(-1)
+        if other_weight:
+            their_scores = theirs @ np.asarray(other_query, dtype=np.float32).reshape(-1)
+            # The appended 0 is what row -1 (an item `other` lacks) picks up.
+            total += (
+                np.float32(other_weight)
+                * np.append(their_scores, np.float32(0))[self._rows_in(other)]
+            )
+        for item_id, boost in boosts.items():
+            row = self._rows.get(item_id)
+            if row is not None:
+                total[row] += boost
+        mask = self._mask(item_filter, set(exclude))
+        total[~(self._alive if mask is None else mask)] = -np.inf
+        return RowScores(self, total)
+
+    def _flat_matrix(self) -> np.ndarray | None:
+        """A flat index's rows (dead ones too) as a matrix view of FAISS's own storage,
+        valid until the next write; None for HNSW."""
+        if self.kind != FLAT:
+            return None
+        count = self._faiss.ntotal
+        if count == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        flat: Any = self._faiss  # an IndexFlatIP, whose codes are the float vectors
+        storage = faiss.rev_swig_ptr(flat.get_xb(), count * self.dimension)
+        return np.asarray(storage).reshape(count, self.dimension)
+
+    def _rows_in(self, other: VectorIndex) -> np.ndarray:
+        """For each row here, the same item's row in `other`; -1 for a dead row or an item
+        `other` lacks. Cached until either index changes."""
+        cached = self._row_map
+        if cached and cached[0] is other and cached[1:3] == (self._changes, other._changes):
+            return cached[3]
+        rows = np.fromiter(
+            (-1 if item_id is None else other._rows.get(item_id, -1) for item_id in self._row_ids),
+            dtype=np.int64,
+            count=len(self._row_ids),
+        )
+        self._row_map = (other, self._changes, other._changes, rows)
+        return rows
+
+    def row_hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        return [Hit(self._row_ids[r] or "", float(scores[r])) for r in rows]
+
+    def item_rows(self, item_ids: Iterable[str]) -> list[int]:
+        return [row for row in (self._rows.get(i) for i in item_ids) if row is not None]
+
+    def category_rows(self, category: str) -> np.ndarray:
+        return self._rows_of(category)
+
     # ---- persistence ------------------------------------------------------------------
 
     def snapshot(self) -> tuple[faiss.Index, dict[str, object]]:
@@ -352,6 +425,37 @@ class VectorIndex:
             for category in restored._row_categories[row]:
                 restored._category_rows.setdefault(category, set()).add(row)
         return restored
+
+
+class RowScores:
+    """One query's score for every row of an index; -inf where the filter or the
+    exclusions rule the row out."""
+
+    def __init__(self, index: VectorIndex, scores: np.ndarray) -> None:
+        self.index = index
+        self.scores = scores
+
+    def top(
+        self, k: int, require_categories: Iterable[str] = (), skip: Iterable[str] = ()
+    ) -> list[Hit]:
+        """The best k, among rows carrying every one of `require_categories` and not
+        holding an item of `skip`."""
+        scores = self.scores
+        required = list(require_categories)
+        skipped = self.index.item_rows(skip)
+        if required or skipped:
+            scores = scores.copy()
+            for category in required:
+                kept = np.full(len(scores), -np.inf, dtype=scores.dtype)
+                rows = self.index.category_rows(category)
+                kept[rows] = scores[rows]
+                scores = kept
+            scores[skipped] = -np.inf
+        top = min(k, int(np.isfinite(scores).sum()))
+        if top <= 0:
+            return []
+        best = np.argpartition(-scores, top - 1)[:top]
+        return self.index.row_hits(best[np.argsort(-scores[best], kind="stable")], scores)
 
 
 def hybrid_search(

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass
@@ -340,7 +340,9 @@ def check_agreement(address: str, index: VectorIndex, sample: Sequence[str]) -> 
     return agreed
 
 
-def bench_suite(spec: SuiteSpec, movies: Sequence[Item], requests: int) -> dict[str, Any]:
+def bench_suite(
+    spec: SuiteSpec, movies: Sequence[Item], requests: int, service_pids: Mapping[str, int]
+) -> dict[str, Any]:
     address = spec.address("gateway")
     ingest_s = ingest(address, movies)
     print(
@@ -361,7 +363,7 @@ def bench_suite(spec: SuiteSpec, movies: Sequence[Item], requests: int) -> dict[
     # Imported here: the events part builds on this module's timing helpers.
     from services.suite.bench_events import bench_events
 
-    return {**report, **bench_events(spec, catalogue_ids, requests)}
+    return {**report, **bench_events(spec, catalogue_ids, requests, service_pids)}
 
 
 def print_log_tails(log_dir: Path | None, lines: int = 20) -> None:
@@ -405,9 +407,10 @@ def bench_without_trainer(movies: Sequence[Item], requests: int) -> dict[str, An
         print(f"Starting the suite on {LOOPBACK} (service logs in {spec.log_dir}) ...", flush=True)
         started = time.perf_counter()
         try:
-            with Suite(spec):
+            with Suite(spec) as suite:
                 print(f"Suite ready in {time.perf_counter() - started:.1f} s.", flush=True)
-                return bench_suite(spec, movies, requests)
+                pids = {service: p.pid for service, p in suite.processes.items()}
+                return bench_suite(spec, movies, requests, pids)
         except SuiteError as error:
             # The logs go with the temporary dir: show their ends while they still exist.
             print(f"recsys bench: {error}", file=sys.stderr)

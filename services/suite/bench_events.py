@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -41,6 +42,7 @@ from services.suite.evaluation.dataset import load_interactions
 from services.suite.evaluation.interactions import Interaction
 from services.suite.evaluation.subjects import event_of
 from services.suite.launcher import SuiteSpec
+from services.suite.memory import suite_cpu_seconds
 from services.suite.movielens import dataset_dir
 
 EVENTS_PER_MODE = 40_000  # the first ones go through LogEvents, the next through StreamEvents
@@ -87,10 +89,23 @@ class IngestResult:
         return self.log_events.aim_met and self.stream_events.aim_met
 
 
+CALLERS_CPU = "callers"  # the benchmark's own process: its client threads
+
+
 @dataclass(frozen=True)
 class RecommendRun:
     callers: int
     gateway: LatencyStats
+    # CPU time per call (warm-up calls included) by service, and the callers' own.
+    cpu_ms_per_call: dict[str, float]
+
+    @property
+    def cpu_ms_total(self) -> float:
+        return sum(self.cpu_ms_per_call.values())
+
+    def calls_per_s_bound(self, cores: int) -> float:
+        """What the cores could serve if the calls used nothing but this CPU time."""
+        return cores * 1000 / self.cpu_ms_total if self.cpu_ms_total else float("inf")
 
 
 @dataclass(frozen=True)
@@ -236,18 +251,42 @@ def from_profile(address: str, users: Sequence[str]) -> int:
         caller.close()
 
 
+def cpu_reading(service_pids: Mapping[str, int]) -> dict[str, float]:
+    return {**suite_cpu_seconds(service_pids), CALLERS_CPU: time.process_time()}
+
+
 def measure_recommend(
-    address: str, users: Sequence[str], requests: int, draw: random.Random
+    address: str,
+    users: Sequence[str],
+    requests: int,
+    draw: random.Random,
+    service_pids: Mapping[str, int],
 ) -> RecommendResult:
+    """Each run also reads the CPU time every service (by its process id) spent."""
     user_ids = draw.choices(users, k=requests)
     warmup_ids = draw.choices(users, k=WARMUP_CALLS)
     profiled = from_profile(address, user_ids[:FALLBACK_SAMPLE])
     runs = []
     for callers in CALLER_COUNTS:
         print(f"Recommend with {callers} caller(s) ...", flush=True)
+        before = cpu_reading(service_pids)
         stats = run_callers(lambda: RecommendCaller(address), user_ids, warmup_ids, callers)
-        runs.append(RecommendRun(callers, stats))
+        after = cpu_reading(service_pids)
+        calls = len(user_ids) + len(warmup_ids)
+        cpu = {name: 1000 * (after[name] - before[name]) / calls for name in after}
+        runs.append(RecommendRun(callers, stats, cpu))
     return RecommendResult(requests, len(users), profiled, runs)
+
+
+def print_cpu(runs: Sequence[RecommendRun]) -> None:
+    cores = os.cpu_count() or 1
+    for run in runs:
+        parts = " + ".join(f"{name} {ms:.1f}" for name, ms in run.cpu_ms_per_call.items())
+        print(
+            f"CPU per call at {run.callers} caller(s): {parts} = {run.cpu_ms_total:.1f} ms;"
+            f" {cores} cores at full use would serve at most"
+            f" {run.calls_per_s_bound(cores):.0f} calls/s"
+        )
 
 
 # ---- 3. event to effect ----------------------------------------------------------------
@@ -380,6 +419,7 @@ def print_recommend(result: RecommendResult) -> None:
     for r in result.runs:
         s = r.gateway
         print(f"{r.callers:>7}{s.p50_ms:>9.2f}{s.p99_ms:>9.2f}{s.calls_per_s:>11.0f}")
+    print_cpu(result.runs)
     print(
         f"aim: p99 < {AIM_RECOMMEND_P99_MS:g} ms at {AIM_RECOMMEND_CALLERS} callers:"
         f" {verdict(result.aim_met)}"
@@ -412,6 +452,16 @@ def _throughput(t: Throughput) -> dict[str, Any]:
     return {**asdict(t), "events_per_s": t.events_per_s, "aim_met": t.aim_met}
 
 
+def recommend_run_report(run: RecommendRun) -> dict[str, Any]:
+    cores = os.cpu_count() or 1
+    return {
+        **asdict(run),
+        "cpu_ms_total": run.cpu_ms_total,
+        "cores": cores,
+        "calls_per_s_bound": run.calls_per_s_bound(cores),
+    }
+
+
 def build_events_report(
     ratings: Path, ingest: IngestResult, recommend: RecommendResult, effect: EffectResult
 ) -> dict[str, Any]:
@@ -436,7 +486,7 @@ def build_events_report(
             "seed": SEED,
             "users_with_history": recommend.users,
             "from_profile": {"sample": FALLBACK_SAMPLE, "not_fallback": recommend.profiled},
-            "runs": [asdict(r) for r in recommend.runs],
+            "runs": [recommend_run_report(r) for r in recommend.runs],
             "aim": {
                 "callers": AIM_RECOMMEND_CALLERS,
                 "p99_ms_below": AIM_RECOMMEND_P99_MS,
@@ -462,7 +512,12 @@ def rated_by_user(interactions: Sequence[Interaction]) -> dict[str, set[str]]:
     return dict(rated)
 
 
-def bench_events(spec: SuiteSpec, catalogue_ids: Sequence[str], requests: int) -> dict[str, Any]:
+def bench_events(
+    spec: SuiteSpec,
+    catalogue_ids: Sequence[str],
+    requests: int,
+    service_pids: Mapping[str, int],
+) -> dict[str, Any]:
     """Runs the four parts in order on a suite that holds the catalogue and no events."""
     address = spec.address("gateway")
     ratings = dataset_dir() / "ratings.csv"
@@ -473,7 +528,7 @@ def bench_events(spec: SuiteSpec, catalogue_ids: Sequence[str], requests: int) -
     print_ingest(ingest)
     rated = rated_by_user([*logged, *streamed])
     draw = random.Random(SEED)
-    recommend = measure_recommend(address, sorted(rated), requests, draw)
+    recommend = measure_recommend(address, sorted(rated), requests, draw, service_pids)
     print_recommend(recommend)
     effect = measure_effect(address, pick_trials(rated, catalogue_ids, draw))
     print_effect(effect)
@@ -481,4 +536,5 @@ def bench_events(spec: SuiteSpec, catalogue_ids: Sequence[str], requests: int) -
     # Imported here: the model part builds on this module's Recommend machinery.
     from services.suite.bench_model import bench_model
 
-    return {**report, "model": bench_model(spec, [*logged, *streamed], recommend)}
+    model = bench_model(spec, [*logged, *streamed], recommend, service_pids)
+    return {**report, "model": model}

@@ -42,6 +42,8 @@ from services.suite.bench_events import (
     RecommendCaller,
     RecommendResult,
     measure_recommend,
+    print_cpu,
+    recommend_run_report,
     verdict,
 )
 from services.suite.evaluation.interactions import Interaction as Rating
@@ -494,10 +496,14 @@ def served_by(address: str, users: Sequence[str], name: str) -> int:
 
 
 def measure_model_recommend(
-    address: str, users: Sequence[str], content: RecommendResult, name: str
+    address: str,
+    users: Sequence[str],
+    content: RecommendResult,
+    name: str,
+    service_pids: Mapping[str, int],
 ) -> ModelRecommend:
     # The events part's draw: the same users, in the same order, as its content-profile runs.
-    model = measure_recommend(address, users, content.requests, random.Random(SEED))
+    model = measure_recommend(address, users, content.requests, random.Random(SEED), service_pids)
     sample = random.Random(SEED).choices(users, k=FALLBACK_SAMPLE)
     return ModelRecommend(content, model, served_by(address, sample, name))
 
@@ -519,6 +525,8 @@ def print_model_recommend(result: ModelRecommend, name: str) -> None:
     for run in result.model.runs:
         before, after = content_runs[run.callers], run.gateway
         print(f"{run.callers:>7} {_recommend_cells(before)}  {_recommend_cells(after)}")
+    print(f"with {name}:")
+    print_cpu(result.model.runs)
     print(
         f"aim: p99 < {AIM_RECOMMEND_P99_MS:g} ms at {AIM_RECOMMEND_CALLERS} callers with the"
         f" model serving: {verdict(result.aim_met)}"
@@ -567,8 +575,8 @@ def build_model_report(
             "k": K,
             "requests_per_run": recommend.model.requests,
             "served_by_model": {"sample": FALLBACK_SAMPLE, "model": recommend.served_by_model},
-            "runs": [asdict(r) for r in recommend.model.runs],
-            "content_profile_runs": [asdict(r) for r in recommend.content.runs],
+            "runs": [recommend_run_report(r) for r in recommend.model.runs],
+            "content_profile_runs": [recommend_run_report(r) for r in recommend.content.runs],
             "aim": {
                 "callers": AIM_RECOMMEND_CALLERS,
                 "p99_ms_below": AIM_RECOMMEND_P99_MS,
@@ -579,7 +587,10 @@ def build_model_report(
 
 
 def bench_model(
-    spec: SuiteSpec, ratings: Sequence[Rating], content: RecommendResult
+    spec: SuiteSpec,
+    ratings: Sequence[Rating],
+    content: RecommendResult,
+    service_pids: Mapping[str, int],
 ) -> dict[str, Any]:
     """`ratings` are the events the events part logged, in log order; `content` its
     Recommend figures from before any model existed."""
@@ -591,7 +602,7 @@ def bench_model(
     towers = measure_towers(spec, model, ratings, random.Random(SEED))
     print_towers(towers, published.report.version)
     address = spec.address("gateway")
-    recommend = measure_model_recommend(address, users, content, model.name)
+    recommend = measure_model_recommend(address, users, content, model.name, service_pids)
     print_model_recommend(recommend, model.name)
     print(f"Model part: {time.perf_counter() - started:.0f} s")
     return build_model_report(published, towers, recommend)

@@ -1,6 +1,6 @@
-"""The memory a running suite holds: every service process with all its descendants (the
-trainer's in-process Ray: gcs_server, raylet, workers, agents; the embedding service's
-Triton and its python-backend stubs), read from Linux's /proc.
+"""The memory a running suite holds, and the CPU time it spends: every service process
+with all its descendants (the trainer's in-process Ray: gcs_server, raylet, workers,
+agents; the embedding service's Triton and its python-backend stubs), read from /proc.
 
 A service's processes are its process's descendants by parent pid, together with every
 process in the session it leads (the launcher starts each service in its own session), so
@@ -19,6 +19,7 @@ from pathlib import Path
 
 PROC = Path("/proc")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,12 @@ def parse_stat(text: str) -> tuple[str, int, int]:
     opening, closing = text.index("("), text.rindex(")")
     fields = text[closing + 2 :].split()  # state ppid pgrp session ...
     return text[opening + 1 : closing], int(fields[1]), int(fields[3])
+
+
+def parse_cpu_seconds(text: str) -> float:
+    """User plus system CPU time from /proc/<pid>/stat (all its threads), in seconds."""
+    fields = text[text.rindex(")") + 2 :].split()  # state is field 3; utime 14, stime 15
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def parse_pss_kib(text: str) -> int:
@@ -124,3 +131,20 @@ def suite_memory(roots: Mapping[str, int], proc: Path = PROC) -> SuiteMemory:
 
 def largest(processes: Iterable[ProcessInfo], count: int) -> Sequence[ProcessInfo]:
     return sorted(processes, key=lambda p: p.rss_bytes, reverse=True)[:count]
+
+
+def cpu_seconds(pid: int, proc: Path = PROC) -> float:
+    try:
+        return parse_cpu_seconds((proc / str(pid) / "stat").read_text())
+    except (OSError, ValueError, IndexError):
+        return 0.0  # it ended meanwhile
+
+
+def suite_cpu_seconds(roots: Mapping[str, int], proc: Path = PROC) -> dict[str, float]:
+    """The CPU time each service's processes have used so far (descendants included; one
+    that ended since the last reading takes its time with it, so read over short spans)."""
+    processes = read_processes(proc)
+    return {
+        service: sum(cpu_seconds(p.pid, proc) for p in process_tree(pid, processes))
+        for service, pid in roots.items()
+    }

@@ -96,6 +96,15 @@ def test_trending_prefers_recent_interactions_in_event_time() -> None:
     assert ranked[1][1] == pytest.approx(4 * 0.125)
 
 
+def test_trending_answers_anew_once_an_event_arrives() -> None:
+    trending = Trending(half_life_s=DAY)
+    trending.add([event(1, item="a", ts=0.0)])
+    assert [i for i, _ in trending.top(10)] == ["a"]
+    trending.add([event(2, item="b", ts=DAY), event(3, item="b", ts=DAY)])
+    assert [i for i, _ in trending.top(10)] == ["b", "a"]
+    assert [i for i, _ in trending.top(1)] == ["b"]
+
+
 def test_trending_forgets_exactly_what_was_removed() -> None:
     trending = Trending(half_life_s=DAY)
     keep, drop = event(1, item="a", ts=DAY), event(2, item="b", ts=0.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,15 @@ from services.suite.bench_trainer import (
     split_by_windows,
     wall_time,
 )
-from services.suite.memory import PAGE_BYTES, parse_stat, read_processes, suite_memory
+from services.suite.memory import (
+    CLOCK_TICKS,
+    PAGE_BYTES,
+    parse_cpu_seconds,
+    parse_stat,
+    read_processes,
+    suite_cpu_seconds,
+    suite_memory,
+)
 
 
 def fake_process(
@@ -75,6 +84,19 @@ def test_suite_memory_is_empty_for_a_service_when_its_process_is_gone(proc: Path
 
 def test_parse_stat_reads_names_holding_spaces_and_parentheses() -> None:
     assert parse_stat("7 (a (b) c) S 3 7 9 0") == ("a (b) c", 3, 9)
+
+
+def test_parse_cpu_seconds_adds_user_and_system_time() -> None:
+    stat = "7 (a (b) c) S 3 7 9 0 -1 4194560 10 0 0 0 150 50 0 0 20 0 4 0"
+    assert parse_cpu_seconds(stat) == pytest.approx(200 / CLOCK_TICKS)
+
+
+def test_suite_cpu_seconds_reads_each_service_and_nothing_for_one_that_is_gone() -> None:
+    end = time.process_time() + 0.05
+    while time.process_time() < end:
+        pass
+    spent = suite_cpu_seconds({"me": os.getpid(), "gone": 424242424})
+    assert spent["me"] >= 0.05 - 2 / CLOCK_TICKS and spent["gone"] == 0.0
 
 
 def test_read_processes_finds_this_process_when_reading_the_real_proc() -> None:

@@ -139,3 +139,55 @@ def test_hybrid_search_ranks_by_both_similarities_over_both_neighbourhoods() -> 
     odd_only = ItemFilter(include_categories=frozenset({"odd"}))
     hits = hybrid_search(model, query, content, taste, 2.0, 5, odd_only, [], {}, pool=10)
     assert all(int(h.item_id[1:]) % 2 == 1 for h in hits)
+
+
+def test_hybrid_scores_rank_every_live_row_exactly_by_both_similarities_and_boosts() -> None:
+    model, model_vectors = filled_index(300)
+    model.delete(["i4"])
+    content = VectorIndex(DIM, IndexSettings())
+    content_vectors = unit_vectors(300, seed=7)
+    content.upsert([f"i{n}" for n in range(299)], content_vectors[:299], [[]] * 299)
+    content_vectors[9] = unit_vectors(1, seed=8)[0]  # replaced: its old row is dead
+    content.upsert(["i9"], content_vectors[9:10], [[]])
+    query, taste = model_vectors[0], content_vectors[5]
+    odd_only = ItemFilter(include_categories=frozenset({"odd"}))
+    scores = model.hybrid_scores(query, content, taste, 2.0, odd_only, ["i1"], {"i299": 3.0})
+    assert scores is not None
+    expected = model_vectors @ query + 2.0 * np.append(content_vectors[:299] @ taste, 0.0)
+    expected[299] += 3.0  # boosted, and missing from the content index
+    allowed = [n for n in range(1, 300, 2) if n != 1]
+    best = sorted(allowed, key=lambda n: -expected[n])
+    hits = scores.top(6)
+    assert [h.item_id for h in hits] == [f"i{n}" for n in best[:6]]
+    assert [h.score for h in hits] == pytest.approx([expected[n] for n in best[:6]], abs=1e-5)
+    in_tens_two = [n for n in best if 20 <= n < 30]
+    skipped = f"i{in_tens_two[0]}"
+    assert [h.item_id for h in scores.top(2, ["tens2"], [skipped])] == [
+        f"i{n}" for n in in_tens_two[1:3]
+    ]
+    unfiltered = model.hybrid_scores(query, content, taste, 2.0, ItemFilter(), [], {})
+    assert unfiltered is not None
+    assert "i4" not in {h.item_id for h in unfiltered.top(300)}  # deleted
+
+
+def test_hybrid_scores_follow_a_write_to_the_other_index() -> None:
+    model, model_vectors = filled_index(50)
+    content = VectorIndex(DIM, IndexSettings())
+    content_vectors = unit_vectors(50, seed=3)
+    content.upsert([f"i{n}" for n in range(50)], content_vectors, [[]] * 50)
+    taste = content_vectors[0]
+    before = model.hybrid_scores(model_vectors[0] * 0, content, taste, 1.0, ItemFilter(), [], {})
+    assert before is not None and before.top(1)[0].item_id == "i0"
+    content.delete(["i0"])
+    content.upsert(["i17"], taste[None, :], [[]])
+    after = model.hybrid_scores(model_vectors[0] * 0, content, taste, 1.0, ItemFilter(), [], {})
+    assert after is not None and after.top(1)[0].item_id == "i17"
+
+
+def test_hybrid_scores_leave_hnsw_indexes_to_the_candidate_search() -> None:
+    model, model_vectors = filled_index(100, IndexSettings(hnsw_threshold=10))
+    model = model.rebuilt()
+    content, _ = filled_index(100)
+    assert model.kind == HNSW
+    taste = model_vectors[1]
+    assert model.hybrid_scores(model_vectors[0], content, taste, 1.0, ItemFilter(), [], {}) is None
