@@ -7,6 +7,11 @@ from collections.abc import Mapping, Sequence
 from shared.events import PAST_TENSE, EventType
 
 MODEL_REASON = "picked for you from your recent activity"
+# A place kept for an item the serving model has not learned: nobody had interacted with it
+# when the model trained, so it was matched by its description alone.
+NEW_ITEM_REASON = (
+    "new or not yet rated by others: matched to your recent activity by its description"
+)
 
 
 def similar_item_reasons(shared_categories: Sequence[str]) -> list[str]:

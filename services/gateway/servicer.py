@@ -17,7 +17,12 @@ from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.gateway.config import GatewayConfig
 from services.gateway.profile import profile_weights
-from services.gateway.reasons import MODEL_REASON, recommendation_reason, similar_item_reasons
+from services.gateway.reasons import (
+    MODEL_REASON,
+    NEW_ITEM_REASON,
+    recommendation_reason,
+    similar_item_reasons,
+)
 from services.gateway.serving import ServingModel, user_inputs
 from services.gateway.status import Status, freshness
 from shared.catalog import CONTENT_INDEX, validate_id, validate_ids, validate_items, validate_k
@@ -332,7 +337,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             reply = await self.retrieval.Search(
                 search, timeout=deadline(context, self.config.call_timeout_s)
             )
-            picks = [Pick(scored(h.item_id, h.score), "", MODEL_REASON) for h in reply.hits]
+            picks = [
+                Pick(
+                    scored(h.item_id, h.score), "", NEW_ITEM_REASON if h.reserved else MODEL_REASON
+                )
+                for h in reply.hits
+            ]
         fallback = not picks
         if len(picks) < request.k:
             if not blend:

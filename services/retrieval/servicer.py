@@ -17,6 +17,7 @@ def _hits(hits: list[Hit]) -> list[retrieval_pb2.Hit]:
             score=h.score,
             shared_categories=h.shared_categories,
             closest_profile_item_id=h.closest_profile_item_id,
+            reserved=h.reserved,
         )
         for h in hits
     ]

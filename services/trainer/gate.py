@@ -38,7 +38,7 @@ def decide(
     if not all(math.isfinite(v) for v in mine.values()):
         return GateDecision(False, "rejected: the candidate's scores are not finite", mine, theirs)
     if live is None:
-        return GateDecision(True, "accepted: nothing serves yet", mine, theirs)
+        return GateDecision(True, "accepted: no version was live to compare it with", mine, theirs)
     if candidate.events < config.min_events:
         return GateDecision(
             True,

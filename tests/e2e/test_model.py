@@ -17,6 +17,7 @@ import pytest
 
 from recsys.gateway.v1 import gateway_pb2 as api
 from services.embedding.repository import read_config
+from services.gateway.reasons import MODEL_REASON, NEW_ITEM_REASON
 from services.trainer.export import export_repository
 from shared.catalog import Item
 from shared.model_store import ModelStore
@@ -69,7 +70,9 @@ def test_recommend_answers_from_the_published_model(suite: UserSuite) -> None:
     learned = {e.item_id for e in events}
     assert ids(reply)[-1] not in learned and set(ids(reply)[:9]) <= learned
     explained = recommend(suite, "u0", explain=True)
-    assert all(item.reasons for item in explained.items)
+    assert [list(item.reasons) for item in explained.items] == [[MODEL_REASON]] * 9 + [
+        [NEW_ITEM_REASON]
+    ]
 
 
 def test_a_new_item_is_recommendable_by_the_model_at_once(suite: UserSuite) -> None:

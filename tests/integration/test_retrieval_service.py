@@ -148,6 +148,7 @@ def test_reserved_slots_go_to_the_best_items_of_their_category(data_dir: Path) -
         first = order[:8]
         best_marked = [i for i in order if i in marked and i not in first][:2]
         assert [h.item_id for h in reply.hits] == first + best_marked
+        assert [h.reserved for h in reply.hits] == [False] * 8 + [True] * 2
         with pytest.raises(grpc.RpcError) as error:
             stub.Search(
                 retrieval_pb2.SearchRequest(

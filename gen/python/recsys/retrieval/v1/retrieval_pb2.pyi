@@ -18,16 +18,18 @@ class VectorRecord(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., categories: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("item_id", "score", "shared_categories", "closest_profile_item_id")
+    __slots__ = ("item_id", "score", "shared_categories", "closest_profile_item_id", "reserved")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SHARED_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     CLOSEST_PROFILE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     shared_categories: _containers.RepeatedScalarFieldContainer[str]
     closest_profile_item_id: str
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., shared_categories: _Optional[_Iterable[str]] = ..., closest_profile_item_id: _Optional[str] = ...) -> None: ...
+    reserved: bool
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., shared_categories: _Optional[_Iterable[str]] = ..., closest_profile_item_id: _Optional[str] = ..., reserved: _Optional[bool] = ...) -> None: ...
 
 class WeightedItem(_message.Message):
     __slots__ = ("item_id", "weight")
