@@ -124,6 +124,9 @@ def server_command(config: EmbeddingConfig, environ: dict[str, str] | None = Non
         # that fails to load must not stop the server or the versions that did load.
         "--strict-readiness=false",
         "--exit-on-error=false",
+        # Our configs are complete. Left on, auto-completion has the Python backend start
+        # extra stubs (processes importing torch) at every load: loads took 3x as long.
+        "--disable-auto-complete-config",
         f"--log-verbose={config.log_verbose}",
         # Several servers on one machine (tests, benchmarks) must not share memory regions.
         f"--backend-config=python,shm-region-prefix-name=recsys_{config.port}_{os.getpid()}_",

@@ -19,6 +19,7 @@ the trainer's first full retrain (its bootstrap) learns:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -48,7 +49,6 @@ from services.suite.bench import (
     LatencyStats,
     ingest,
     print_log_tails,
-    run_callers,
 )
 from services.suite.bench_events import RecommendCaller, connect, log_concurrently
 from services.suite.evaluation.dataset import load_interactions
@@ -71,7 +71,10 @@ BURST_EVENTS = 4_000
 BURST_BOUND_S = 90.0
 BOOTSTRAP_BOUND_S = 300.0
 RECOMMEND_CALLERS = 2
-QUIET_REQUESTS = 400
+# Each caller's pace, as traffic comes; back to back, two callers kept both cores busy and
+# every other figure measured a saturated machine.
+RECOMMEND_PER_S = 25.0
+QUIET_S = 8.0
 STATUS_EVERY_S = 0.1  # the gateway's GetStatus, for freshness
 TRAINER_STATUS_EVERY_S = 0.25
 MEMORY_EVERY_S = 2.0
@@ -400,11 +403,17 @@ def produce_steadily(address: str, source: Sequence[Interaction]) -> list[Logged
 
 
 def recommend_until(address: str, users: Sequence[str], stop: threading.Event) -> list[TimedCall]:
+    """Recommend at RECOMMEND_PER_S until stopped; a call that is late goes at once."""
     caller = RecommendCaller(address)
     draw = random.Random(threading.get_ident())
     calls = []
+    interval = 1.0 / RECOMMEND_PER_S
+    first = time.monotonic()
     try:
-        while not stop.is_set():
+        for n in itertools.count():
+            stop.wait(max(0.0, first + n * interval - time.monotonic()))
+            if stop.is_set():
+                break
             started, clock = time.time(), time.perf_counter()
             caller.recommend(draw.choice(users))
             calls.append(TimedCall(started, time.perf_counter() - clock))
@@ -415,7 +424,7 @@ def recommend_until(address: str, users: Sequence[str], stop: threading.Event) -
 
 @contextmanager
 def recommend_load(address: str, users: Sequence[str]) -> Iterator[list[TimedCall]]:
-    """RECOMMEND_CALLERS threads calling Recommend back to back while the block runs."""
+    """RECOMMEND_CALLERS threads calling Recommend at their pace while the block runs."""
     stop = threading.Event()
     calls: list[TimedCall] = []
     with ThreadPoolExecutor(max_workers=RECOMMEND_CALLERS) as pool:
@@ -481,7 +490,7 @@ def steady(
     address = spec.address("gateway")
     print(
         f"Steady ingest: {STEADY_EVENTS_PER_S} events/s for {STEADY_S:g} s with"
-        f" {RECOMMEND_CALLERS} Recommend callers ...",
+        f" {RECOMMEND_CALLERS} Recommend callers at {RECOMMEND_PER_S:g} calls/s each ...",
         flush=True,
     )
     started_at, clock = time.time(), time.monotonic()
@@ -738,7 +747,8 @@ def print_recommend(
     quiet: LatencyStats, inside: LatencyStats | None, outside: LatencyStats | None
 ) -> None:
     print(
-        f"\nRecommend (k={K}) at {RECOMMEND_CALLERS} callers: no ingest; steady ingest,"
+        f"\nRecommend (k={K}), {RECOMMEND_CALLERS} callers at {RECOMMEND_PER_S:g} calls/s each:"
+        " no ingest; steady ingest,"
         " calls that overlap no publish; calls that overlap a publish"
     )
     print(f"{'':<26}{'calls':>7}{'p50 ms':>9}{'p99 ms':>9}{'p50 x':>8}{'p99 x':>8}")
@@ -832,6 +842,7 @@ def build_trainer_report(result: TrainerBench) -> dict[str, Any]:
             "steady_batch": STEADY_BATCH,
             "steady_s": STEADY_S,
             "recommend_callers": RECOMMEND_CALLERS,
+            "recommend_per_s_each": RECOMMEND_PER_S,
             "trainer_env": TRAINER_ENV,
             "seed": SEED,
         },
@@ -890,10 +901,11 @@ def slices(interactions: Sequence[Interaction]) -> tuple[list[Interaction], ...]
 
 def quiet_recommend(address: str, users: Sequence[str]) -> LatencyStats:
     print(f"Recommend with {RECOMMEND_CALLERS} callers, no ingest ...", flush=True)
-    draw = random.Random(SEED)
-    keys = draw.choices(users, k=QUIET_REQUESTS)
-    warmup = draw.choices(users, k=50)
-    return run_callers(lambda: RecommendCaller(address), keys, warmup, RECOMMEND_CALLERS)
+    with recommend_load(address, users) as calls:
+        time.sleep(QUIET_S)
+    stats = latency_stats([c.seconds for c in calls], QUIET_S)
+    assert stats is not None, "no Recommend call finished"
+    return stats
 
 
 def measure(suite: Suite, movies: Sequence[Item]) -> TrainerBench:
