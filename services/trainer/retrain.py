@@ -23,6 +23,7 @@ from services.trainer.training import (
 )
 from shared.clients import channel
 from shared.events import LoggedEvent
+from shared.model_store import ModelStore
 from shared.two_tower import Vocabulary
 
 MAX_GATE_EVENTS = 5_000
@@ -35,7 +36,9 @@ class RetrainRequest:
     reason: str  # "requested", "schedule", "drift" or "bootstrap"
     holdout_events: int  # at least this many newest events are held out for the gate (0: none)
     k: int
-    live_weights: str = ""  # the live version's weights directory; "" when none serves
+    # The model store: the candidate is scored against the version live once it has
+    # trained (not when it started: a version may go live meanwhile); "": against none.
+    model_dir: str = ""
     shuffle_labels: bool = False  # a gate drill: the model learns shuffled items
 
 
@@ -44,6 +47,7 @@ class RetrainResult:
     trained: TrainedModel
     candidate: Scores  # the candidate before it learned the held-out events
     live: Scores | None  # the live version on the same events
+    live_version: int | None  # which version that was
     events: int
     seconds: float
     reason: str
@@ -87,7 +91,7 @@ def full_retrain(request: RetrainRequest) -> RetrainResult:
         holdout_events=held,
         at_cut=lambda model: at_cut.append(copy_trained(model)),
     )
-    candidate, live = Scores(), None
+    candidate, live, live_version = Scores(), None, None
     if held:
         builder = SampleBuilder(Vocabulary(), Vocabulary(), trained.tower.history_len)
         samples = builder.add(events).take(slice(cut, None))  # the true events, histories
@@ -99,8 +103,17 @@ def full_retrain(request: RetrainRequest) -> RetrainResult:
             return score_samples(model, samples, users, item_ids, catalogue, content, request.k)
 
         candidate = score(at_cut[0] if at_cut else trained)
-        if request.live_weights:
-            live = score(load_trained(Path(request.live_weights)))
+        store = ModelStore(Path(request.model_dir)) if request.model_dir else None
+        serving = store.live() if store else None
+        if store and serving:
+            live = score(load_trained(store.version_dir(serving.version) / "weights"))
+            live_version = serving.version
     return RetrainResult(
-        trained, candidate, live, len(events), time.monotonic() - started, request.reason
+        trained,
+        candidate,
+        live,
+        live_version,
+        len(events),
+        time.monotonic() - started,
+        request.reason,
     )

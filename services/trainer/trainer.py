@@ -419,15 +419,16 @@ class ContinualTrainer:
     def _start_retrain(self, reason: str, shuffle_labels: bool = False) -> bool:
         if self.retrain_task is not None:
             return False
-        live = self.store.live()
-        weights = str(self.store.version_dir(live.version) / "weights") if live else ""
+        # Only the bootstrap may skip the gate's events: any other retrain is compared with
+        # whatever is live when it ends, even if nothing was when it started.
+        gated = reason != "bootstrap" or self.store.live() is not None
         request = RetrainRequest(
             features_address=self.job.features_address,
             train=self.job.train,
             reason=reason,
-            holdout_events=self.config.gate.min_events if live else 0,
+            holdout_events=self.config.gate.min_events if gated else 0,
             k=self.config.gate.k,
-            live_weights=weights,
+            model_dir=str(self.store.root),
             shuffle_labels=shuffle_labels,
         )
         self.retrain_reason = reason
@@ -473,8 +474,8 @@ class ContinualTrainer:
         live = self.store.live()
         decision = decide(
             result.candidate,
-            result.live if live is not None else None,
-            model_name(live.version) if live else "",
+            result.live,
+            model_name(result.live_version) if result.live_version is not None else "",
             self.config.gate,
         )
         if live is not None and self.learner is not None:
