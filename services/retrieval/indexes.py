@@ -269,7 +269,7 @@ class IndexRegistry:
 
         def ranked(top: int, item_filter: ItemFilter, skip: Sequence[str]) -> list[Hit]:
             if exact is not None:  # flt and exclude are in its scores already
-                return exact.top(top, item_filter.require_categories, skip)
+                return exact.top(top, item_filter.require_categories - flt.require_categories, skip)
             if second is not None:
                 assert profile is not None
                 other, other_query = second
@@ -289,7 +289,7 @@ class IndexRegistry:
                 return index.search_boosted(query, top, item_filter, skip, boosted, BOOST_POOL)
             return index.search(query, top, item_filter, skip)
 
-        hits = ranked(k, flt, exclude)
+        hits = ranked(k, flt, [] if exact else exclude)
         if reserved is None or reserved.slots == 0:
             return hits
         fixed = hits[: k - reserved.slots]
