@@ -12,7 +12,9 @@ to the list and reloads the model, retiring one removes it (explicit model contr
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import py_compile
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -114,7 +116,17 @@ class Repository:
         staging.mkdir(parents=True)
         shutil.copyfile(torchscript, staging / MODEL_FILE)
         if self.variant == "python":
-            shutil.copyfile(PYTHON_MODEL, staging / "model.py")
+            source = staging / "model.py"
+            shutil.copyfile(PYTHON_MODEL, source)
+            # The stub would otherwise write model.py's bytecode into the version directory
+            # once it runs, and Triton takes a version directory changed since its load for
+            # a new model: every later load_model restarted the stubs of the versions kept.
+            py_compile.compile(
+                str(source),
+                cfile=importlib.util.cache_from_source(str(source)),
+                dfile=str(target / "model.py"),
+                doraise=True,
+            )
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
 

@@ -90,6 +90,20 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
         process.wait(30)
 
 
+def _stubs(triton: Triton, version: int) -> set[int]:
+    """The Python-backend stub processes serving `version` of either tower."""
+    paths = {str(triton.repository.version_dir(t, version) / "model.py") for t in TOWERS}
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if any(a.decode(errors="replace") in paths for a in arguments):
+            found.add(int(entry.name))
+    return found
+
+
 async def _with_client(address: str, body: object) -> object:
     client = EmbeddingClient(address, timeout_s=10.0)
     try:
@@ -202,6 +216,7 @@ def test_adding_a_version_never_interrupts_the_live_one(triton: Triton) -> None:
 
         asyncio.run(_with_client(triton.address, loop))
 
+    serving_v1 = _stubs(triton, 1)
     caller = threading.Thread(target=keep_calling)
     caller.start()
     try:
@@ -218,6 +233,9 @@ def test_adding_a_version_never_interrupts_the_live_one(triton: Triton) -> None:
     assert not failures
     assert calls > 10
     np.testing.assert_allclose(answer_v2, v2, atol=1e-5)  # type: ignore[arg-type]
+    # Version 1 was not reloaded beside version 2: the same processes still serve it.
+    assert len(serving_v1) == len(TOWERS)
+    assert _stubs(triton, 1) == serving_v1
 
     # Retiring version 1: it stops answering, version 2 keeps going.
     for tower in TOWERS:
