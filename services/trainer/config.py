@@ -53,6 +53,7 @@ class TrainerConfig:
                 max_batch_events=env.integer(
                     "MAX_BATCH_EVENTS", defaults.max_batch_events, minimum=1
                 ),
+                gate_sample=env.integer("GATE_SAMPLE", defaults.gate_sample, minimum=1),
             ),
             gate=GateConfig(
                 margin=env.number("GATE_MARGIN", gate.margin),

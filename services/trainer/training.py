@@ -502,10 +502,17 @@ def update(
     steps: int,
     optimizer: torch.optim.Optimizer | None = None,
     catalogue: Catalogue | None = None,
+    steps_before: int = 0,
 ) -> float:
-    """`steps` optimisation steps at a constant learning rate on batches drawn from
-    `samples`; the model must already hold every row the samples use. Returns the last loss.
+    """`steps` optimisation steps on batches drawn from `samples`; the model must already
+    hold every row the samples use. Returns the last loss.
 
+    The learning rate warms up over the optimizer's first `warmup_steps` (`steps_before`:
+    the steps it took already), then stays constant: a fresh Adam's first steps move every
+    weight by the full rate whatever its gradient, which undid part of what a trained model
+    knew. The logQ term is the rate at which these very batches hold each item, as in
+    `train`: the fresh events' items come far more often than their share of the whole
+    log, and a correction from the log's counts pushed exactly the items trending now down.
     Negatives come from `catalogue`, by default every item the model has trained on.
     """
     if steps <= 0 or len(samples) < 2:
@@ -515,27 +522,21 @@ def update(
         rows = torch.arange(1, model.n_items)
         catalogue = Catalogue(trained.items.ids, rows, model.item_content[rows])
     generator = torch.Generator().manual_seed(config.seed)
-    counts = np.zeros(model.n_items)
-    counts[: trained.item_counts.size] = trained.item_counts[: model.n_items]
-    batch = config.batch_size * (1 + config.newcomer_share)
-    per_batch = batch * counts / max(counts.sum(), 1.0)
-    negatives = _Negatives(catalogue, per_batch, trained.item_counts, config)
-    run = _Run(
-        model,
-        optimizer or make_optimizer(model, config),
-        config,
-        negatives,
-        generator,
-        np.random.default_rng(config.seed),
-    )
-    model.train()
-    loss = math.nan
+    rng = np.random.default_rng(config.seed)
     newcomers = _newcomer_pool(samples, len(samples), config)
     batches: list[_Batch] = []
-    for _ in range(steps):
-        if not batches:
-            batches = _plan(run.rng.permutation(len(samples)), newcomers, config, run.rng)
-        loss = _step(run, samples, batches.pop(0), config.lr)
+    while len(batches) < steps:
+        batches += _plan(rng.permutation(len(samples)), newcomers, config, rng)
+    batches = batches[:steps]
+    rates = _per_batch(samples, batches, model.n_items)
+    negatives = _Negatives(catalogue, rates, trained.item_counts, config)
+    run = _Run(model, optimizer or make_optimizer(model, config), config, negatives, generator, rng)
+    model.train()
+    loss = math.nan
+    warmup = max(config.warmup_steps, 1)
+    for n, batch in enumerate(batches):
+        lr = config.lr * min(1.0, (steps_before + n + 1) / warmup)
+        loss = _step(run, samples, batch, lr)
     model.eval()
     return loss
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ from services.trainer.continual import (
     ContinualConfig,
     ContinualLearner,
     ReplayBuffer,
+    copy_trained,
 )
-from services.trainer.training import SampleBuilder, TrainConfig, TrainedModel, train
+from services.trainer.training import SampleBuilder, TrainConfig, TrainedModel, train, update
 from shared.events import Event, EventType, LoggedEvent
 from shared.two_tower import TowerConfig, Vocabulary
 
@@ -167,3 +169,35 @@ def test_a_model_that_stopped_earlier_is_compared_on_the_events_after_it(
     challenger, incumbent = learner.compare_after(fresh[29].offset, base[0])
     assert challenger.events == incumbent.events == len(fresh) - 30
     assert challenger.per_event.size == incumbent.per_event.size == len(fresh) - 30
+
+
+def test_a_large_batch_is_scored_for_the_gate_on_a_sample_and_learned_whole(
+    base: tuple[TrainedModel, list[LoggedEvent]],
+) -> None:
+    learner = learner_from(base)
+    learner.config = replace(learner.config, gate_sample=20)
+    fresh = events(range(40, 60), first_offset=learner.offset + 1)
+
+    report = learner.learn(fresh, live=base[0])
+
+    assert report.events == len(fresh) == 100  # 20 users, 5 events each
+    assert report.candidate.events == report.live.events == 20
+    assert learner.window.candidate.events == 20
+    assert learner.accounting.events_learned == len(base[1]) + len(fresh)
+
+
+def test_a_fresh_optimizer_warms_up_instead_of_moving_every_weight_by_the_full_rate(
+    base: tuple[TrainedModel, list[LoggedEvent]],
+) -> None:
+    trained, history = base
+    builder = SampleBuilder(Vocabulary(trained.users.ids), Vocabulary(trained.items.ids), 6)
+    samples = builder.add(history)
+
+    def moved(steps_before: int) -> float:
+        model = copy_trained(trained)
+        before = model.model.item_encoder.id_embedding.weight.detach().clone()
+        update(model, samples, TRAIN, 1, steps_before=steps_before)
+        after = model.model.item_encoder.id_embedding.weight.detach()
+        return float((after - before).abs().max())
+
+    assert moved(0) < moved(1_000) / 3  # the first of TRAIN's 5 warm-up steps: a fifth
