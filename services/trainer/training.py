@@ -42,7 +42,7 @@ REPLAN_EVERY = 20  # steps between checks that the planned steps still fit the t
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: float = 2.0
+    epochs: float = 3.0
     batch_size: int = 256
     lr: float = 3e-3
     warmup_steps: int = 50
@@ -59,7 +59,11 @@ class TrainConfig:
     # learns what a returning user does, not only what comes next within a visit.
     skip_visit_share: float = 0.0
     # Newcomer samples per regular one: a recent event shown with no user and no history.
-    newcomer_share: float = 2.0
+    # The gateway answers a user the model knows nothing about from trending popularity, so
+    # these samples teach the items what recent traffic likes rather than serve a vector.
+    # On MovieLens (tools/two_tower_offline.py, 6 blocks) 0.5 instead of 2, with 3 epochs
+    # in 90 s instead of 2 in 60 s, lifted NDCG@10 of users with a history from .172 to .185.
+    newcomer_share: float = 0.5
     newcomer_window: int = 5000  # newcomer samples come from this many latest events
     newcomers_first_visits: bool = False  # ... only from events of a user's first visit
     recency_half_life: float = 0.15  # > 0: a share of the events; that much older, half as often
@@ -69,7 +73,7 @@ class TrainConfig:
     holdout_fraction: float = 0.1
     holdout_epochs: float = 2.0  # passes over the held-out events once they are evaluated
     replay_ratio: float = 1.0  # earlier samples mixed in per held-out sample in that pass
-    max_seconds: float = 60.0
+    max_seconds: float = 90.0
     seed: int = 0
     threads: int = 2
 
