@@ -384,9 +384,14 @@ def _false_negatives(
     return masked
 
 
+def _warmed_up(step: int, config: TrainConfig, peak: float) -> float:
+    """The rate at `step` of a linear warm-up to `peak` over `warmup_steps`."""
+    return peak * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+
+
 def _learning_rate(step: int, steps: int, config: TrainConfig, peak: float) -> float:
     if step < config.warmup_steps:
-        return peak * (step + 1) / config.warmup_steps
+        return _warmed_up(step, config, peak)
     progress = (step - config.warmup_steps) / max(1, steps - config.warmup_steps)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
     return peak * (config.min_lr_fraction + (1.0 - config.min_lr_fraction) * cosine)
@@ -537,10 +542,8 @@ def update(
     run = _Run(model, optimizer or make_optimizer(model, config), config, negatives, generator, rng)
     model.train()
     loss = math.nan
-    warmup = max(config.warmup_steps, 1)
     for n, batch in enumerate(batches):
-        lr = config.lr * min(1.0, (steps_before + n + 1) / warmup)
-        loss = _step(run, samples, batch, lr)
+        loss = _step(run, samples, batch, _warmed_up(steps_before + n, config, config.lr))
     model.eval()
     return loss
 
