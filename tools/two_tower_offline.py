@@ -212,14 +212,20 @@ class GatewaySubject:
         model_weight: float = 1.0,
         profile_half_life_s: float = 7 * 24 * 3600.0,
         cold_share: float = 0.0,
+        newcomer_weight: float = 0.0,
     ) -> None:
         """`content_weight` adds the content-profile path's similarity (the gateway's
-        fallback: the user's recent items' MiniLM vectors, weighted by rating and age)."""
+        fallback: the user's recent items' MiniLM vectors, weighted by rating and age).
+        `newcomer_weight` > 0 scores a user the model knows nothing about with its newcomer
+        vector at that weight plus popularity, instead of the trending list."""
         self.name = f"gateway w={popularity_weight:g}"
         if content_weight or model_weight != 1.0:
             self.name += f" model={model_weight:g} content={content_weight:g}"
         if cold_share:
             self.name += f" cold={cold_share:g}"
+        if newcomer_weight:
+            self.name += f" newcomer={newcomer_weight:g}"
+        self.newcomer_weight = newcomer_weight
         self.cold_share = cold_share
         self.content_weight = content_weight
         self.model_weight = model_weight
@@ -269,11 +275,12 @@ class GatewaySubject:
         assert self.trained is not None
         trending = self.trending.top(self.candidates)
         history = self._histories.get(user_id, [])[-self.history_len :]
-        if user_id not in self.trained.users and not any(
+        unknown = user_id not in self.trained.users and not any(
             i in self.trained.items for i, _ in history
-        ):
+        )
+        if unknown and not self.newcomer_weight:
             return [i for i, _ in trending if i not in seen][:k]
-        scores = self.model_weight * (
+        scores = (self.newcomer_weight if unknown else self.model_weight) * (
             self._item_vectors @ embed_users(self.trained, [user_id], [history])[0]
         )
         if self.content_weight and history:
@@ -287,7 +294,7 @@ class GatewaySubject:
         excluded = [self._column[i] for i in seen if i in self._column]
         scores[excluded] = -np.inf
         ranked = self._top(scores, k)
-        slots = int(k * self.cold_share)
+        slots = 0 if unknown else int(k * self.cold_share)
         if slots:
             cold = self._cold_mask & np.isfinite(scores)
             chosen = set(ranked[: k - slots])
@@ -425,6 +432,12 @@ def main() -> int:
         help="comma-separated model:content:popularity[:cold share] for the gateway subject",
     )
     parser.add_argument(
+        "--newcomer-weight",
+        type=float,
+        default=0.0,
+        help="with --blends: score unknown users with the model's newcomer vector at this weight",
+    )
+    parser.add_argument(
         "--trending-half-life-s", type=float, default=365 * 24 * 3600.0, help="as make eval sets"
     )
     parser.add_argument(
@@ -458,6 +471,7 @@ def main() -> int:
                 content_weight=content_w,
                 model_weight=model_w,
                 cold_share=cold[0] if cold else 0.0,
+                newcomer_weight=args.newcomer_weight,
             )
             results[blend.name] = run(blend, data, args.prequential)
             print(f"  {blend.name}: {results[blend.name]['blocks']}", flush=True)
