@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsys.gateway.v1 import gateway_pb2
 from shared.catalog import Item, ItemFilter
+from shared.errors import InvalidArgument
 from shared.events import Event, Interaction, event_type
 
 
@@ -44,8 +45,18 @@ def filter_from_proto(message: gateway_pb2.Filter) -> ItemFilter:
     )
 
 
+MAX_NANOS = 999_999_999
+
+
 def timestamp_seconds(message: Timestamp) -> float:
     return message.seconds + message.nanos / 1e9
+
+
+def validated_timestamp_seconds(message: Timestamp, field: str) -> float:
+    """A Timestamp from a caller: nanos outside [0, 999999999] is not a time."""
+    if not 0 <= message.nanos <= MAX_NANOS:
+        raise InvalidArgument(f"{field}.nanos", f"must be from 0 to {MAX_NANOS}")
+    return timestamp_seconds(message)
 
 
 def timestamp_of(seconds: float) -> Timestamp:
@@ -62,7 +73,9 @@ def event_from_proto(message: gateway_pb2.Event, field: str, arrival: float) -> 
         item_id=message.item_id,
         type=event_type(message.type, f"{field}.type"),
         value=message.value,
-        timestamp=timestamp_seconds(message.timestamp) if has_time else arrival,
+        timestamp=validated_timestamp_seconds(message.timestamp, f"{field}.timestamp")
+        if has_time
+        else arrival,
     )
 
 

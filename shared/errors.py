@@ -23,6 +23,15 @@ class InvalidArgument(ServiceError):
         self.field = field
 
 
+class Undecodable(ServiceError):
+    """The request's bytes are not the message the method takes."""
+
+    status_name = "INVALID_ARGUMENT"
+
+    def __init__(self) -> None:
+        super().__init__("the request could not be decoded")
+
+
 class NotFound(ServiceError):
     status_name = "NOT_FOUND"
 

@@ -1,5 +1,10 @@
 """One server interceptor for every service: structured logs, Prometheus metrics and the
-mapping of errors to status codes, so no handler ever answers UNKNOWN."""
+mapping of errors to status codes, so no handler ever answers UNKNOWN.
+
+It also decodes the requests: gRPC decodes a request before any handler or interceptor
+runs and answers UNKNOWN, with the decoder's exception in the details, when the bytes are
+not the message (random bytes, a truncated message, invalid UTF-8 in a string field). The
+wrapped decoder hands the handler a marker instead, which becomes INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Any, cast
 
 import grpc
 
-from shared.errors import ServiceError
+from shared.errors import ServiceError, Undecodable
 from shared.metrics import RPC_HANDLED, RPC_LATENCY, RPC_STARTED
 
 log = logging.getLogger("shared.rpc")
@@ -42,6 +47,39 @@ def status_of(error: ServiceError) -> grpc.StatusCode:
     return grpc.StatusCode[error.status_name]
 
 
+class _Undecoded:
+    """What the handler receives in place of a request that could not be decoded."""
+
+
+UNDECODED = _Undecoded()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:  # noqa: BLE001 - DecodeError and whatever else a parser raises
+            return UNDECODED
+
+    return deserialize
+
+
+def _with_notes(message: str, error: BaseException) -> str:
+    """A handler adds what the caller needs to know of a failure (e.g. how much of a stream
+    was written before it) as exception notes."""
+    return "; ".join([message, *getattr(error, "__notes__", ())])
+
+
+async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if request is UNDECODED:
+            raise Undecodable()
+        yield request
+
+
 def _split(method: str) -> tuple[str, str]:
     service, _, name = method.lstrip("/").rpartition("/")
     return service, name
@@ -67,7 +105,7 @@ class _Call:
         else:
             log.error("unhandled error", extra={"method": self.method}, exc_info=error)
             self.code, message = grpc.StatusCode.INTERNAL, "internal error"
-        await context.abort(self.code, message)
+        await context.abort(self.code, _with_notes(message, error))
 
     @staticmethod
     def _downstream(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
@@ -90,11 +128,17 @@ class _Call:
 
 
 def _wrap_single(
-    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], method: str
+    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+    method: str,
+    streamed_requests: bool,
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         call = _Call(method)
         try:
+            if streamed_requests:
+                request = _decoded(request)
+            elif request is UNDECODED:
+                raise Undecodable()
             return await behavior(request, context)
         except asyncio.CancelledError:
             call.code = grpc.StatusCode.CANCELLED
@@ -110,11 +154,17 @@ def _wrap_single(
 
 
 def _wrap_stream(
-    behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]], method: str
+    behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
+    method: str,
+    streamed_requests: bool,
 ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         call = _Call(method)
         try:
+            if streamed_requests:
+                request = _decoded(request)
+            elif request is UNDECODED:
+                raise Undecodable()
             responses = behavior(request, context)
             if inspect.isasyncgen(responses):
                 async for response in responses:
@@ -156,21 +206,21 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     codec = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _tolerant(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_single(handler.unary_unary, method), **codec
+            _wrap_single(handler.unary_unary, method, False), **codec
         )
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            _wrap_single(handler.stream_unary, method), **codec
+            _wrap_single(handler.stream_unary, method, True), **codec
         )
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(handler.unary_stream, method), **codec
+            _wrap_stream(handler.unary_stream, method, False), **codec
         )
     return grpc.stream_stream_rpc_method_handler(
-        _wrap_stream(handler.stream_stream, method), **codec
+        _wrap_stream(handler.stream_stream, method, True), **codec
     )

@@ -75,7 +75,10 @@ class IndexStats:
 
 
 def index_name(name: str, field_name: str = "index") -> str:
-    name = name or CONTENT_INDEX
+    """Every request names its index: an empty name is an error, never the content index
+    (a DropIndex without a name once dropped the catalogue's vectors)."""
+    if not name:
+        raise InvalidArgument(field_name, "must not be empty")
     if not _INDEX_NAME.match(name):
         raise InvalidArgument(field_name, "must be 1-64 characters of A-Z a-z 0-9 _ . -")
     return name
@@ -213,6 +216,11 @@ class IndexRegistry:
 
     async def drop(self, name: str) -> bool:
         name = index_name(name)
+        if name == CONTENT_INDEX:
+            # It holds the catalogue's text vectors, which nothing could rebuild.
+            raise InvalidArgument(
+                "index", f"{CONTENT_INDEX!r} holds the catalogue and is never dropped"
+            )
         async with self._writes:
             dropped = await asyncio.to_thread(self.store.drop, name)
             dropped = self._indexes.pop(name, None) is not None or dropped

@@ -136,6 +136,8 @@ BAD_EVENTS = [
     (bad_event(type=api.EVENT_TYPE_RATE, value=float("nan")), "events[1].value"),
     (bad_event(type=api.EVENT_TYPE_RATE, value=float("inf")), "events[1].value"),
     (bad_event(timestamp=Timestamp(seconds=4_000_000_000)), "events[1].timestamp"),
+    (bad_event(timestamp=Timestamp(seconds=T0, nanos=-5)), "events[1].timestamp.nanos"),
+    (bad_event(timestamp=Timestamp(seconds=T0, nanos=2_000_000_000)), "events[1].timestamp.nanos"),
 ]
 
 

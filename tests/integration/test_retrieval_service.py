@@ -135,9 +135,12 @@ def test_reserved_slots_go_to_the_best_items_of_their_category(data_dir: Path) -
     order = [f"i{n}" for n in np.argsort(-scores) if n != 1]
     with running(ServiceProcess("retrieval", data_dir)) as service:
         stub = retrieval_pb2_grpc.RetrievalServiceStub(service.channel())
-        stub.UpsertVectors(retrieval_pb2.UpsertVectorsRequest(records=records), timeout=10)
+        stub.UpsertVectors(
+            retrieval_pb2.UpsertVectorsRequest(index="content", records=records), timeout=10
+        )
         reply = stub.Search(
             retrieval_pb2.SearchRequest(
+                index="content",
                 vector=matrix[1].tolist(),
                 k=10,
                 exclude_item_ids=["i1"],
@@ -152,6 +155,7 @@ def test_reserved_slots_go_to_the_best_items_of_their_category(data_dir: Path) -
         with pytest.raises(grpc.RpcError) as error:
             stub.Search(
                 retrieval_pb2.SearchRequest(
+                    index="content",
                     vector=matrix[1].tolist(),
                     k=3,
                     reserved=retrieval_pb2.ReservedSlots(slots=4, category="new"),
@@ -177,7 +181,9 @@ def test_bad_vector_is_invalid_argument_naming_the_record(
         stub = retrieval_pb2_grpc.RetrievalServiceStub(service.channel())
         upsert(stub, vectors(3))
         with pytest.raises(grpc.RpcError) as error:
-            stub.UpsertVectors(retrieval_pb2.UpsertVectorsRequest(records=[record]), timeout=5)
+            stub.UpsertVectors(
+                retrieval_pb2.UpsertVectorsRequest(index="content", records=[record]), timeout=5
+            )
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error.value.details().startswith(field)
 
@@ -187,7 +193,9 @@ def test_restart_after_sigterm_restores_index_from_snapshot(data_dir: Path) -> N
     service = ServiceProcess("retrieval", data_dir).start()
     stub = retrieval_pb2_grpc.RetrievalServiceStub(service.channel())
     upsert(stub, matrix)
-    stub.DeleteVectors(retrieval_pb2.DeleteVectorsRequest(item_ids=["i1", "i2"]), timeout=5)
+    stub.DeleteVectors(
+        retrieval_pb2.DeleteVectorsRequest(index="content", item_ids=["i1", "i2"]), timeout=5
+    )
     before = similar(stub, "i0", 10)
     assert service.terminate() == 0
     assert (data_dir / "snapshots" / "content.faiss").exists()
@@ -203,7 +211,9 @@ def test_acknowledged_writes_survive_sigkill(data_dir: Path) -> None:
     service = ServiceProcess("retrieval", data_dir, env).start()
     stub = retrieval_pb2_grpc.RetrievalServiceStub(service.channel())
     upsert(stub, matrix)
-    stub.DeleteVectors(retrieval_pb2.DeleteVectorsRequest(item_ids=["i5"]), timeout=5)
+    stub.DeleteVectors(
+        retrieval_pb2.DeleteVectorsRequest(index="content", item_ids=["i5"]), timeout=5
+    )
     service.kill()
     with running(ServiceProcess("retrieval", data_dir, env)) as restarted:
         stub = retrieval_pb2_grpc.RetrievalServiceStub(restarted.channel())
@@ -213,3 +223,36 @@ def test_acknowledged_writes_survive_sigkill(data_dir: Path) -> None:
         with pytest.raises(grpc.RpcError) as error:
             similar(stub, "i5")
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("name", ["", "content"])
+def test_drop_index_refuses_an_empty_name_and_the_content_index_when_asked_to_drop_them(
+    data_dir: Path, name: str
+) -> None:
+    matrix = vectors(50)
+    with running(ServiceProcess("retrieval", data_dir)) as service:
+        stub = retrieval_pb2_grpc.RetrievalServiceStub(service.channel())
+        upsert(stub, matrix)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.DropIndex(retrieval_pb2.DropIndexRequest(index=name), timeout=5)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.details().startswith("index:")
+        assert similar(stub, "i10") == exact_similar(matrix, 10, 5)
+
+
+def test_every_request_names_its_index_when_the_index_is_left_empty(data_dir: Path) -> None:
+    with running(ServiceProcess("retrieval", data_dir)) as service:
+        stub = retrieval_pb2_grpc.RetrievalServiceStub(service.channel())
+        upsert(stub, vectors(5))
+        calls = [
+            (stub.SearchSimilar, retrieval_pb2.SearchSimilarRequest(item_id="i1", k=2)),
+            (stub.GetIndexStats, retrieval_pb2.GetIndexStatsRequest()),
+            (stub.DeleteVectors, retrieval_pb2.DeleteVectorsRequest(item_ids=["i1"])),
+            (stub.Search, retrieval_pb2.SearchRequest(vector=[1.0] * DIM, k=2)),
+        ]
+        for method, request in calls:
+            with pytest.raises(grpc.RpcError) as error:
+                method(request, timeout=5)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error.value.details() == "index: must not be empty"
+        assert len(similar(stub, "i1", 4)) == 4

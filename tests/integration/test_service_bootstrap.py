@@ -31,6 +31,12 @@ class ScriptedGateway(gateway_pb2_grpc.GatewayServiceServicer):
             await asyncio.sleep(1.0)
         return gateway_pb2.GetItemsResponse(missing_item_ids=list(request.item_ids))
 
+    async def StreamEvents(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        count = 0
+        async for _ in request_iterator:
+            count += 1
+        return gateway_pb2.LogEventsResponse(accepted=count)
+
 
 class ServerThread:
     def __init__(self) -> None:
@@ -131,3 +137,36 @@ def test_shutdown_finishes_in_flight_calls_and_reports_not_serving() -> None:
     assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert list(slow.result().missing_item_ids) == ["slow"]
     running.join()
+
+
+GOOD_REQUEST = gateway_pb2.GetItemsRequest(item_ids=["a-long-enough-id"]).SerializeToString()
+UNDECODABLE = {
+    "random bytes": bytes([0xFF, 0xFF, 0xFF, 0xFF, 0x0F]),
+    "a truncated message": GOOD_REQUEST[:-3],
+    "invalid UTF-8 in a string field": bytes([0x0A, 0x02, 0xC3, 0x28]),
+}
+
+
+@pytest.mark.parametrize("body", list(UNDECODABLE.values()), ids=list(UNDECODABLE))
+def test_undecodable_request_is_invalid_argument_without_the_decoders_exception(
+    server: ServerThread, body: bytes
+) -> None:
+    channel = grpc.insecure_channel(f"{HOST}:{server.config.port}")
+    raw = channel.unary_unary(f"/{SERVICE}/GetItems")
+    with pytest.raises(grpc.RpcError) as error:
+        raw(body, timeout=5)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == "the request could not be decoded"
+    assert raw(GOOD_REQUEST, timeout=5)  # the server goes on answering
+
+
+def test_undecodable_message_in_a_stream_is_invalid_argument(server: ServerThread) -> None:
+    channel = grpc.insecure_channel(f"{HOST}:{server.config.port}")
+    raw = channel.stream_unary(f"/{SERVICE}/StreamEvents")
+    good = gateway_pb2.Event(event_id="e", user_id="u", item_id="i").SerializeToString()
+    with pytest.raises(grpc.RpcError) as error:
+        raw(iter([good, good, UNDECODABLE["invalid UTF-8 in a string field"]]), timeout=5)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == "the request could not be decoded"
+    reply = gateway_pb2.LogEventsResponse.FromString(raw(iter([good, good]), timeout=5))
+    assert reply.accepted == 2
