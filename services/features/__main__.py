@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from recsys.features.v1 import features_pb2_grpc
-from services.features.behaviour import Behaviour, GroupCommit
+from services.features.behaviour import Behaviour, group_commit
 from services.features.catalog import Catalog
 from services.features.catalog_store import CatalogStore
 from services.features.config import FeaturesConfig
@@ -24,7 +24,7 @@ def build(config: FeaturesConfig) -> GrpcService:
     log = SqliteEventLog(config.data_dir / "events.sqlite3")
     catalog = Catalog(store, encoder)
     behaviour = Behaviour(log, Trending(config.trending_half_life_s), catalog.categories)
-    commits = GroupCommit(behaviour.append)
+    commits = group_commit(behaviour)
     binding = ServiceBinding(
         SERVICE_NAME,
         features_pb2_grpc.add_FeaturesServiceServicer_to_server,

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from services.features.event_log import AppendResult, SqliteEventLog
 from services.features.trending import Trending
+from shared.batching import Batched
 from shared.catalog import ItemFilter, validate_id, validate_k
 from shared.errors import InvalidArgument
 from shared.events import Event, Interaction, LoggedEvent
@@ -64,16 +65,31 @@ class Behaviour:
     def trending_items(
         self, k: int, item_filter: ItemFilter, exclude: Sequence[str]
     ) -> list[tuple[str, float]]:
-        """The k most popular catalogue items now that pass the filter."""
+        """The k most popular catalogue items now that pass the filter; while fewer have
+        any popularity, catalogue items nobody interacted with fill the list (score 0), so
+        that a new user gets k items whenever the catalogue holds them."""
         validate_k(k)
         skip = set(exclude) | item_filter.exclude_item_ids
         limit = 4 * k + len(skip)
         while True:
             ranked = self.trending.top(limit)
             found = self._keep_catalogue_items(ranked, item_filter, skip, k)
-            if len(found) >= k or len(ranked) < limit:
+            if len(found) >= k:
                 return found
+            if len(ranked) < limit:
+                wanted = k - len(found)
+                return found + self._unranked(item_filter, skip | {i for i, _ in ranked}, wanted)
             limit *= 4
+
+    def _unranked(self, flt: ItemFilter, skip: set[str], k: int) -> list[tuple[str, float]]:
+        found: list[tuple[str, float]] = []
+        # A copy: upserts change the catalogue from another thread.
+        for item_id, categories in list(self.catalogue.items()):
+            if len(found) == k:
+                break
+            if item_id not in skip and flt.admits_categories(categories):
+                found.append((item_id, 0.0))
+        return found
 
     def _keep_catalogue_items(
         self, ranked: list[tuple[str, float]], flt: ItemFilter, skip: set[str], k: int
@@ -96,34 +112,14 @@ class Behaviour:
         return len(removed)
 
 
-class GroupCommit:
-    """Appends from concurrent callers share one durable commit: while one write is on
-    its way to disk, the batches that arrive queue up and go together in the next."""
+GroupCommit = Batched[Sequence[Event], AppendResult]
 
-    def __init__(self, write: Callable[[list[Sequence[Event]]], list[AppendResult]]) -> None:
-        self._write = write
-        self._pending: list[tuple[Sequence[Event], asyncio.Future[AppendResult]]] = []
-        self._writer: asyncio.Task[None] | None = None
 
-    async def append(self, events: Sequence[Event]) -> AppendResult:
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._pending.append((events, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain())
-        return await asyncio.shield(future)
+def group_commit(behaviour: Behaviour) -> GroupCommit:
+    """Appends from concurrent callers share one durable commit: while one write is on its
+    way to disk, the batches that arrive queue up and go together in the next."""
 
-    async def _drain(self) -> None:
-        while self._pending:
-            group, self._pending = self._pending, []
-            try:
-                results = await asyncio.to_thread(self._write, [events for events, _ in group])
-            except Exception as error:  # noqa: BLE001 - each caller gets the error
-                for _, future in group:
-                    future.set_exception(error)
-            else:
-                for (_, future), result in zip(group, results, strict=True):
-                    future.set_result(result)
+    async def write(batches: list[Sequence[Event]]) -> list[AppendResult]:
+        return await asyncio.to_thread(behaviour.append, batches)
 
-    async def flush(self) -> None:
-        if self._writer is not None:
-            await self._writer
+    return Batched(write)

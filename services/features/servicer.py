@@ -88,7 +88,7 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
     ) -> features_pb2.AppendEventsResponse:
         events = events_from_proto(request.events)
         validate_events(events)
-        result = await self.commits.append(events)
+        result = await self.commits.submit(events)
         return features_pb2.AppendEventsResponse(
             accepted=result.accepted, duplicates=result.duplicates, last_offset=result.last_offset
         )

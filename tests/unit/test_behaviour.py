@@ -1,16 +1,16 @@
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
-from services.features.behaviour import GroupCommit
-from services.features.event_log import AppendResult, SqliteEventLog
+from services.features.behaviour import Behaviour
+from services.features.event_log import SqliteEventLog
 from services.features.trending import Trending
 from services.gateway.profile import profile_weights
+from shared.catalog import ItemFilter
 from shared.errors import InvalidArgument
 from shared.events import Event, EventType, Interaction, validate_events
 
@@ -93,7 +93,8 @@ def test_trending_prefers_recent_interactions_in_event_time() -> None:
     trending.add(old + new)
     ranked = trending.top(10)
     assert [i for i, _ in ranked] == ["new", "old"]
-    assert ranked[1][1] == pytest.approx(4 * 0.125)
+    assert ranked[0][1] == 1.0  # relative to the most popular item
+    assert ranked[1][1] == pytest.approx(4 * 0.125 / 2)
 
 
 def test_trending_answers_anew_once_an_event_arrives() -> None:
@@ -111,6 +112,25 @@ def test_trending_forgets_exactly_what_was_removed() -> None:
     trending.add([keep, drop])
     trending.remove([drop])
     assert trending.top(10) == [("a", pytest.approx(1.0))]
+
+
+def test_trending_keeps_ranking_items_whose_events_are_years_apart() -> None:
+    trending = Trending(half_life_s=DAY)
+    trending.add([event(1, item="old", ts=0.0), event(2, item="older", ts=-DAY)])
+    trending.add([event(3, item="new", ts=20 * 365 * DAY)])  # 7,300 half-lives later
+    assert [i for i, _ in trending.top(10)] == ["new", "old", "older"]
+
+
+def test_new_user_gets_k_items_when_the_newest_events_were_forgotten(tmp_path: Path) -> None:
+    catalogue = {f"m{n}": ("film",) for n in range(20)}
+    behaviour = Behaviour(SqliteEventLog(tmp_path / "events.sqlite3"), Trending(DAY), catalogue)
+    years_ago = [Event(f"e{n}", "old-user", f"m{n}", EventType.VIEW, 0.0, 0.0) for n in range(3)]
+    behaviour.append([years_ago, [Event("x", "gone", "m5", EventType.VIEW, 0.0, 3000 * DAY)]])
+    behaviour.forget("gone")
+    found = behaviour.trending_items(10, ItemFilter.build([], [], []), [])
+    assert len(found) == 10
+    assert [i for i, _ in found[:3]] == ["m0", "m1", "m2"]
+    assert found[0][1] == 1.0 and all(score == 0.0 for _, score in found[3:])
 
 
 def test_profile_weighs_recent_and_stronger_interactions_more() -> None:
@@ -138,19 +158,3 @@ def test_validate_events_names_the_position_of_a_bad_event(bad: Event, field: st
     with pytest.raises(InvalidArgument) as error:
         validate_events([event(1), bad])
     assert error.value.field == field
-
-
-def test_group_commit_writes_concurrent_appends_in_fewer_commits() -> None:
-    commits: list[int] = []
-
-    def write(batches: list) -> list[AppendResult]:  # type: ignore[type-arg]
-        commits.append(len(batches))
-        return [AppendResult(accepted=len(b)) for b in batches]
-
-    async def scenario() -> list[AppendResult]:
-        group = GroupCommit(write)
-        return await asyncio.gather(*(group.append([event(n)]) for n in range(20)))
-
-    results = asyncio.run(scenario())
-    assert [r.accepted for r in results] == [1] * 20
-    assert sum(commits) == 20 and len(commits) < 20
