@@ -3,7 +3,9 @@
 Every call has a deadline; a call that finds Triton UNAVAILABLE (restarting, overloaded,
 the version still loading) is retried with backoff while the deadline allows. Readiness is
 asked per model and version, never with the server-wide ready flag, which says nothing
-about the version a caller needs.
+about the version a caller needs. A call with more rows than the tower's configured batch
+limit goes to Triton in batches of that many (the limit is read from Triton once per
+tower), so callers never need to know it.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class EmbeddingClient:
         self.timeout_s = timeout_s
         self.attempts = attempts
         self.backoff_s = backoff_s
+        self._max_batch: dict[str, int] = {}
         self._client = InferenceServerClient(
             address,
             channel_args=[
@@ -109,8 +112,40 @@ class EmbeddingClient:
     async def unload(self, model: str, timeout_s: float = 60.0) -> None:
         await self._client.unload_model(model, client_timeout=timeout_s)
 
+    async def max_batch(self, model: str, timeout_s: float | None = None) -> int:
+        """The most rows Triton takes in one request to `model` (its max_batch_size)."""
+        known = self._max_batch.get(model)
+        if known is None:
+            reply = await self._call(
+                f"{model} config",
+                lambda t: self._client.get_model_config(model, client_timeout=t),
+                timeout_s,
+            )
+            known = self._max_batch[model] = max(1, int(reply.config.max_batch_size))
+        return known
+
     async def _infer(
-        self, model: str, version: int, inputs: list[InferInput], timeout_s: float | None
+        self,
+        model: str,
+        version: int,
+        tensors: list[tuple[str, np.ndarray, str]],
+        timeout_s: float | None,
+    ) -> np.ndarray:
+        """One output row per input row; (name, rows, datatype) tensors split into batches
+        the tower accepts, all within one deadline."""
+        give_up = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        rows = len(tensors[0][1])
+        batch = await self.max_batch(model, give_up - time.monotonic()) if rows > 1 else 1
+        parts = []
+        for start in range(0, max(rows, 1), batch):
+            inputs = [
+                _input(name, rows_[start : start + batch], kind) for name, rows_, kind in tensors
+            ]
+            parts.append(await self._infer_batch(model, version, inputs, give_up))
+        return np.concatenate(parts)
+
+    async def _infer_batch(
+        self, model: str, version: int, inputs: list[InferInput], give_up: float
     ) -> np.ndarray:
         async def attempt(remaining: float) -> np.ndarray:
             result = await self._client.infer(
@@ -121,7 +156,7 @@ class EmbeddingClient:
                 raise EmbeddingUnavailable(f"{model} v{version} returned no {OUTPUT!r}")
             return np.asarray(output, dtype=np.float32)
 
-        return await self._call(f"{model} v{version}", attempt, timeout_s)
+        return await self._call(f"{model} v{version}", attempt, give_up - time.monotonic())
 
     async def user_vectors(
         self,
@@ -132,14 +167,12 @@ class EmbeddingClient:
         timeout_s: float | None = None,
     ) -> np.ndarray:
         """One vector per user: user_rows [B,1] int64, history [B,L] (left-padded with 0)."""
-        inputs = [
-            _input("user_row", np.ascontiguousarray(user_rows, dtype=np.int64), "INT64"),
-            _input("history_rows", np.ascontiguousarray(history_rows, dtype=np.int64), "INT64"),
-            _input(
-                "history_weights", np.ascontiguousarray(history_weights, dtype=np.float32), "FP32"
-            ),
+        tensors: list[tuple[str, np.ndarray, str]] = [
+            ("user_row", np.ascontiguousarray(user_rows, dtype=np.int64), "INT64"),
+            ("history_rows", np.ascontiguousarray(history_rows, dtype=np.int64), "INT64"),
+            ("history_weights", np.ascontiguousarray(history_weights, dtype=np.float32), "FP32"),
         ]
-        return await self._infer(USER_TOWER, version, inputs, timeout_s)
+        return await self._infer(USER_TOWER, version, tensors, timeout_s)
 
     async def item_vectors(
         self,
@@ -149,8 +182,8 @@ class EmbeddingClient:
         timeout_s: float | None = None,
     ) -> np.ndarray:
         """One vector per item: item_rows [B,1] int64 (0 = unknown to the model), content [B,D]."""
-        inputs = [
-            _input("item_row", np.ascontiguousarray(item_rows, dtype=np.int64), "INT64"),
-            _input("content", np.ascontiguousarray(content, dtype=np.float32), "FP32"),
+        tensors: list[tuple[str, np.ndarray, str]] = [
+            ("item_row", np.ascontiguousarray(item_rows, dtype=np.int64), "INT64"),
+            ("content", np.ascontiguousarray(content, dtype=np.float32), "FP32"),
         ]
-        return await self._infer(ITEM_TOWER, version, inputs, timeout_s)
+        return await self._infer(ITEM_TOWER, version, tensors, timeout_s)

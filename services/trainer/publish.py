@@ -42,7 +42,6 @@ class PublishSettings:
     # The version a publish replaces stays loaded with its index, so that a rollback to it
     # is a switch, not a reload.
     keep_previous: bool = True
-    embed_batch: int = 256  # the towers' max_batch_size in Triton
     load_timeout_s: float = 300.0
     call_timeout_s: float = 30.0
 
@@ -153,23 +152,19 @@ class Publisher:
     async def _embed(
         self, version: int, items: Vocabulary, page: list[features_pb2.ItemVector]
     ) -> list[retrieval_pb2.VectorRecord]:
-        records: list[retrieval_pb2.VectorRecord] = []
-        for start in range(0, len(page), self.settings.embed_batch):
-            part = page[start : start + self.settings.embed_batch]
-            rows = items.rows(v.item_id for v in part).reshape(-1, 1)
-            content = np.array([list(v.vector) for v in part], dtype=np.float32)
-            vectors = await self.embedding.item_vectors(
-                version, rows, content, self.settings.call_timeout_s
+        rows = items.rows(v.item_id for v in page).reshape(-1, 1)
+        content = np.array([list(v.vector) for v in page], dtype=np.float32)
+        vectors = await self.embedding.item_vectors(
+            version, rows, content, self.settings.call_timeout_s
+        )
+        return [
+            retrieval_pb2.VectorRecord(
+                item_id=v.item_id,
+                vector=vectors[i].tolist(),
+                categories=index_categories(v.categories, int(rows[i, 0])),
             )
-            records += [
-                retrieval_pb2.VectorRecord(
-                    item_id=v.item_id,
-                    vector=vectors[i].tolist(),
-                    categories=index_categories(v.categories, int(rows[i, 0])),
-                )
-                for i, v in enumerate(part)
-            ]
-        return records
+            for i, v in enumerate(page)
+        ]
 
     async def _upsert(self, index: str, records: list[retrieval_pb2.VectorRecord]) -> None:
         await self.retrieval.UpsertVectors(

@@ -84,6 +84,17 @@ def test_a_new_item_is_recommendable_by_the_model_at_once(suite: UserSuite) -> N
     assert ids(reply) == ["brand-new"]
 
 
+def test_an_upsert_larger_than_a_tower_batch_reaches_the_model_whole(suite: UserSuite) -> None:
+    suite.wait_for_version("two-tower-1")
+    batch = [
+        Item(f"bulk-{n}", title=f"Bulk film number {n}", categories=("Bulk",)) for n in range(300)
+    ]
+    assert suite.client().upsert(batch) == 300  # the item tower takes 256 rows a request
+    reply = recommend(suite, "u0", k=1000, filter=api.Filter(include_categories=["Bulk"]))
+    assert reply.model_version == "two-tower-1"
+    assert sorted(ids(reply)) == sorted(item.item_id for item in batch)
+
+
 def test_a_new_event_changes_the_answer_without_retraining(suite: UserSuite) -> None:
     before = suite.wait_for_version("two-tower-1", user="newcomer")
     assert before.fallback  # nothing known about this user yet: popular items
