@@ -46,6 +46,9 @@ from shared.model_store import UNLEARNED_CATEGORY, LiveVersion, ServingInfo, ind
 CONTENT_MODEL = "content-profile"
 # Events of a stream are written in chunks of this many as they arrive.
 STREAM_CHUNK = 1_000
+# Trailing metadata of a StreamEvents that failed after writing part of the stream.
+STREAM_WRITTEN_METADATA = "recsys-events-written"
+STREAM_LAST_OFFSET_METADATA = "recsys-last-offset"
 log = logging.getLogger(__name__)
 
 
@@ -203,20 +206,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def StreamEvents(
         self, request_iterator: AsyncIterator[gateway_pb2.Event], context: grpc.aio.ServicerContext
     ) -> gateway_pb2.LogEventsResponse:
-        total = gateway_pb2.LogEventsResponse()
-        chunk: list[gateway_pb2.Event] = []
-        position = 0
-        async for message in request_iterator:
-            chunk.append(message)
-            if len(chunk) == STREAM_CHUNK:
-                await self._append_chunk(chunk, position, total, context)
-                position += len(chunk)
-                chunk = []
-        if chunk:
-            await self._append_chunk(chunk, position, total, context)
-        elif position == 0:
-            raise InvalidArgument("events", "the stream held no events")
-        return total
+        written = gateway_pb2.LogEventsResponse()
+        position = 0  # events of the stream written so far: a failure names how many
+        try:
+            chunk: list[gateway_pb2.Event] = []
+            async for message in request_iterator:
+                chunk.append(message)
+                if len(chunk) == STREAM_CHUNK:
+                    await self._append_chunk(chunk, position, written, context)
+                    position, chunk = position + len(chunk), []
+            if chunk:
+                await self._append_chunk(chunk, position, written, context)
+            elif position == 0:
+                raise InvalidArgument("events", "the stream held no events")
+        except Exception as error:
+            _report_partial_stream(error, position, written, context)
+            raise
+        return written
 
     async def _append_chunk(
         self,
@@ -225,6 +231,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         total: gateway_pb2.LogEventsResponse,
         context: grpc.aio.ServicerContext,
     ) -> None:
+        """Writes one chunk whole or not at all."""
         events = events_from_proto(chunk, first_index=position)
         validate_events(events, first_index=position)
         reply = await self._append(events, context)
@@ -484,6 +491,31 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if self.serving is None:
             return None
         return await asyncio.to_thread(self.serving.store.live)
+
+
+def _report_partial_stream(
+    error: Exception,
+    written: int,
+    reply: gateway_pb2.LogEventsResponse,
+    context: grpc.aio.ServicerContext,
+) -> None:
+    """A failed stream says how many of its first events are on disk (chunks are written
+    whole or not at all), in the message and as trailing metadata, so that a producer
+    resumes from the next one."""
+    if written:
+        error.add_note(
+            f"the stream's first {written} events were written before the error"
+            f" (accepted {reply.accepted}, duplicates {reply.duplicates},"
+            f" last_offset {reply.last_offset}); resume from events[{written}]"
+        )
+    else:
+        error.add_note("no event of the stream was written")
+    context.set_trailing_metadata(
+        (
+            (STREAM_WRITTEN_METADATA, str(written)),
+            (STREAM_LAST_OFFSET_METADATA, str(reply.last_offset)),
+        )
+    )
 
 
 def _status_to_proto(status: Status) -> gateway_pb2.GetStatusResponse:

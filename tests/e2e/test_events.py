@@ -153,6 +153,27 @@ def test_a_bad_event_rejects_its_whole_batch_naming_the_field(
     assert "would-be-written" not in {e.event_id for e in suite.logged_events()}
 
 
+@pytest.mark.parametrize(("bad", "field"), BAD_EVENTS[-2:])
+def test_a_bad_timestamp_mid_stream_says_how_many_events_were_written(
+    suite: UserSuite, bad: api.Event, field: str
+) -> None:
+    tag = field.rsplit(".", 1)[-1] + str(bad.timestamp.nanos)
+    events = [rate(f"partial-{tag}-{n}", "partial", TOY_STORY, T0 + n) for n in range(1500)]
+    with pytest.raises(grpc.RpcError) as error:
+        suite.stub().StreamEvents(iter([*events, bad]), timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = error.value.details()
+    assert details.startswith("events[1500].timestamp.nanos: ")
+    assert "the stream's first 1000 events were written" in details
+    assert "resume from events[1000]" in details
+    trailing = dict(error.value.trailing_metadata())
+    assert trailing["recsys-events-written"] == "1000"
+    stored = {e.event_id for e in suite.logged_events()}
+    assert {e.event_id for e in events[:1000]} <= stored
+    assert not {e.event_id for e in events[1000:]} & stored
+    assert int(trailing["recsys-last-offset"]) > 0
+
+
 def test_oversized_batch_is_invalid_argument(suite: UserSuite) -> None:
     events = [rate(f"big-{n}", "big", TOY_STORY, T0) for n in range(10_001)]
     with pytest.raises(grpc.RpcError) as error:
