@@ -108,6 +108,14 @@ class GrpcService:
     def request_stop(self) -> None:
         self._stopping.set()
 
+    def _on_signal(self) -> None:
+        # Ray's failure-signal handler (abseil's, installed in any process that starts Ray)
+        # sees SIGTERM first and arms a 3 s alarm whose handler aborts the process, in case
+        # the process hangs on its way down. A graceful stop takes longer (the trainer
+        # finishes its round and commits), so the alarm went off: SIGABRT, exit code -6.
+        signal.alarm(0)
+        self.request_stop()
+
     async def stop(self) -> None:
         """NOT_SERVING, refuse new calls and drain in-flight ones, then flush and close."""
         log.info("shutting down", extra={"grace_s": self.config.grace_s})
@@ -128,7 +136,7 @@ class GrpcService:
     async def run_until_signal(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self._on_signal)
         await self.serve()
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from typing import Any
 
@@ -22,6 +21,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "recsys"
 ACTOR_NAME = "continual-trainer"
 START_ATTEMPTS = 3
+LOOPBACK = "127.0.0.1"
 
 
 def start_ray(config: TrainerConfig) -> None:
@@ -31,9 +31,6 @@ def start_ray(config: TrainerConfig) -> None:
     if config.ray_address:
         ray.init(address=config.ray_address, namespace=NAMESPACE, log_to_driver=True)
         return
-    # A local Ray otherwise binds to the machine's external address and reports usage.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
             ray.init(
@@ -41,10 +38,10 @@ def start_ray(config: TrainerConfig) -> None:
                 include_dashboard=False,
                 object_store_memory=config.ray_object_store_bytes,
                 namespace=NAMESPACE,
-                _node_ip_address="127.0.0.1",
+                _node_ip_address=LOOPBACK,
                 log_to_driver=True,
             )
-            return
+            break
         except Exception:
             # On a loaded machine the local raylet can miss Ray's start-up deadline.
             if attempt == START_ATTEMPTS:
@@ -52,6 +49,11 @@ def start_ray(config: TrainerConfig) -> None:
             log.warning("Ray did not start; trying again", extra={"attempt": attempt})
             ray.shutdown()
             time.sleep(2.0)
+    node = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    if node != LOOPBACK:
+        ray.shutdown()
+        # services/trainer/__init__.py sets what keeps it on loopback before Ray is imported.
+        raise RuntimeError(f"the in-process Ray took {node} for its node, not {LOOPBACK}")
 
 
 # A fresh worker for every retrain (max_calls=1): its memory goes back when it is done.

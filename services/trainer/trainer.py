@@ -594,6 +594,7 @@ class ContinualTrainer:
         task = asyncio.create_task(work)
         self.retirements.add(task)
         task.add_done_callback(self.retirements.discard)
+        task.add_done_callback(_log_retirement_failure)
 
     def _state_name(self) -> str:
         if self.commit.paused:
@@ -627,3 +628,11 @@ class ContinualTrainer:
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("publish failed; the next one tries again", exc_info=task.exception())
+
+
+def _log_retirement_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning(
+            "retiring old versions failed; the next publish tries again",
+            extra={"why": str(task.exception())},
+        )

@@ -16,6 +16,7 @@ from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2_grpc
 from services.suite.client import GatewayClient
 from services.suite.launcher import reap_group
+from services.suite.memory import ProcessInfo, process_tree, read_processes
 from services.suite.movielens import load_movies
 from shared.catalog import Item
 from shared.convert import event_from_proto
@@ -105,6 +106,17 @@ class UserSuite:
                 return int(child)
         raise AssertionError(f"no {name} process under the launcher")
 
+    def processes(self) -> list[ProcessInfo]:
+        """Every process of the suite: the launcher, its services and all of theirs (Ray's
+        agents and workers, Triton's stubs), re-parented daemons included."""
+        assert self.process is not None
+        table = read_processes()
+        pid = self.process.pid
+        found = {p.pid: p for p in process_tree(pid, table)}
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            found.update((p.pid, p) for p in process_tree(int(child), table))
+        return list(found.values())
+
     def kill_service(self, name: str) -> None:
         """SIGKILL one service; the launcher then stops the rest and exits."""
         assert self.process is not None
@@ -183,11 +195,13 @@ class TrainerProcess:
         self.process.wait(30)
         reap_group(self.process.pid)  # its in-process Ray goes with it
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """SIGTERM; the exit code."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        self.process.wait(120)
+        code = self.process.wait(120)
         reap_group(self.process.pid)
+        return code
 
     def stub(self) -> trainer_pb2_grpc.TrainerServiceStub:
         return trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(self.address))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,6 +165,58 @@ def test_recsys_up_starts_the_continual_trainer_on_loopback(suite: UserSuite) ->
     status = stub.GetStatus(trainer_pb2.GetStatusRequest(), timeout=10)
     assert status.live_version == "" and status.ray_address == "in-process"
     assert status.state == "idle" and not status.full_retrain_running
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes
+
+
+def _address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """/proc/net/tcp{,6} writes addresses as host-order 32-bit words in hex."""
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(words)
+
+
+def _listening(inodes: set[str]) -> list[str]:
+    """Local addresses of listening TCP and bound, unconnected UDP sockets."""
+    found = []
+    for table, waiting in (("tcp", "0A"), ("tcp6", "0A"), ("udp", "07"), ("udp6", "07")):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == waiting and inode in inodes:
+                found.append(
+                    f"{table} {_address(local.split(':')[0])}:{int(local.split(':')[1], 16)}"
+                )
+    return found
+
+
+def _loopback(entry: str) -> bool:
+    address = ipaddress.ip_address(entry.split()[1].rsplit(":", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def test_no_process_of_the_suite_listens_beyond_loopback(suite: UserSuite) -> None:
+    processes = suite.processes()
+    names = {p.name for p in processes}
+    assert {"gcs_server", "raylet", "tritonserver"} <= names, names  # Ray and Triton are up
+    listening = {
+        f"{p.name}[{p.pid}] {entry}"
+        for p in processes
+        for entry in _listening(_socket_inodes(p.pid))
+    }
+    assert any("raylet" in entry for entry in listening)
+    assert [e for e in listening if not _loopback(e.split(" ", 1)[1])] == []
 
 
 def test_similar_items_of_unknown_item_is_not_found(suite: UserSuite) -> None:

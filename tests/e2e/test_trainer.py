@@ -87,7 +87,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserSuite]:
     process = RUNNING["trainer"] = TrainerProcess(running, TRAINER_ENV)
     process.start()
     yield running
-    process.stop()
+    assert process.stop() == 0
     assert running.terminate() == 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from dataclasses import replace
 from pathlib import Path
 
@@ -201,3 +203,24 @@ def test_a_fresh_optimizer_warms_up_instead_of_moving_every_weight_by_the_full_r
         return float((after - before).abs().max())
 
     assert moved(0) < moved(1_000) / 3  # the first of TRAIN's 5 warm-up steps: a fifth
+
+
+def test_a_failed_retirement_is_logged_and_its_error_retrieved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from services.trainer.config import TrainerConfig
+    from services.trainer.trainer import ContinualTrainer
+
+    trainer = ContinualTrainer(TrainerConfig.from_env({"RECSYS_DATA_DIR": str(tmp_path)}))
+
+    async def triton_down() -> None:
+        raise ConnectionError("Triton is down")
+
+    async def scenario() -> None:
+        trainer._background(triton_down())
+        await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+    gc.collect()  # an unretrieved task exception is reported when the task is collected
+    assert "retiring old versions failed" in caplog.text
+    assert "never retrieved" not in caplog.text
