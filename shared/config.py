@@ -14,6 +14,7 @@ from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DATA_DIR = "var"
+NO_ADDRESS = "none"  # a dependency's address when it is not deployed
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,12 @@ class Env:
         if not sep or not host or not port.isdigit():
             raise ConfigError(f"{self.prefix}{name}={value!r} is not host:port")
         return value
+
+    def optional_address(self, name: str, default: str) -> str:
+        """host:port of a dependency, or "" when the variable says `none` (not deployed)."""
+        if self.string(name, default).lower() == NO_ADDRESS:
+            return ""
+        return self.address(name, default)
 
 
 def data_root(environ: Mapping[str, str] | None = None) -> Path:

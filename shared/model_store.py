@@ -5,7 +5,9 @@
     <root>/live.json              which version serves; the gateway switches when it changes
 
 serving.json is what a gateway needs to call version N: the id -> row maps of its towers
-(row = position + 1; row 0 is "unknown to this version") and the history length.
+(row = position + 1; row 0 is "unknown to this version"), the history length and the
+highest log offset the version learned. A forgotten user's id is replaced by a placeholder
+no real id can equal (`forgotten_id`), so the rows after it keep their numbers.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,11 @@ def model_name(version: int) -> str:
 # Marks, in a version's index, the items the version has no id row for: it knows them by
 # their text alone (new items, mostly), so its scores rarely rank them high on their own.
 UNLEARNED_CATEGORY = "recsys.unlearned"
+
+
+def forgotten_id(row: int) -> str:
+    """What a forgotten id's row holds instead: valid ids have no control characters."""
+    return f"\x00forgotten:{row}"
 
 
 def index_categories(categories: Sequence[str], row: int) -> list[str]:
@@ -65,6 +72,16 @@ class ServingInfo:
     dimension: int
     users: Mapping[str, int]
     items: Mapping[str, int]
+    # The highest log offset inside the version: a user whose oldest event in the log is
+    # newer (a forgotten user who came back, say) is not the user its row was learned for.
+    trained_through_offset: int = 0
+
+    def user_row(self, user_id: str, first_offset: int) -> int:
+        """The user's row, if this version learned from the user's events still in the log
+        (`first_offset`: the oldest of them, 0 when there are none); else 0."""
+        if not 0 < first_offset <= self.trained_through_offset:
+            return 0
+        return self.users.get(user_id, 0)
 
     @property
     def name(self) -> str:
@@ -109,6 +126,7 @@ class ModelStore:
         dimension: int,
         user_ids: Sequence[str],
         item_ids: Sequence[str],
+        trained_through_offset: int,
     ) -> None:
         directory = self.version_dir(version)
         directory.mkdir(parents=True, exist_ok=True)
@@ -120,11 +138,14 @@ class ModelStore:
                 "dimension": dimension,
                 "users": list(user_ids),
                 "items": list(item_ids),
+                "trained_through_offset": trained_through_offset,
                 "written_at": time.time(),
             },
         )
 
-    def serving(self, version: int) -> ServingInfo:
+    def serving(self, version: int, trained_through_offset: int = 0) -> ServingInfo:
+        """`trained_through_offset` stands in for versions written before serving.json
+        recorded it."""
         raw = json.loads((self.version_dir(version) / SERVING_FILE).read_text())
         return ServingInfo(
             version=int(raw["version"]),
@@ -132,4 +153,19 @@ class ModelStore:
             dimension=int(raw["dimension"]),
             users={user: row for row, user in enumerate(raw["users"], start=1)},
             items={item: row for row, item in enumerate(raw["items"], start=1)},
+            trained_through_offset=int(raw.get("trained_through_offset", trained_through_offset)),
         )
+
+    def forget_users(self, version: int, user_ids: Collection[str]) -> set[str]:
+        """Rewrites the version's serving.json without these users; returns those it had."""
+        path = self.version_dir(version) / SERVING_FILE
+        raw = json.loads(path.read_text())
+        users: list[str] = raw["users"]
+        found = set()
+        for row, user in enumerate(users, start=1):
+            if user in user_ids:
+                users[row - 1] = forgotten_id(row)
+                found.add(user)
+        if found:
+            write_json_atomically(path, raw)
+        return found

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from shared.model_store import forgotten_id
+
 UNKNOWN_ROW = 0
 USER_TOWER_FILE = "user_tower.pt"
 ITEM_TOWER_FILE = "item_tower.pt"
@@ -68,6 +70,15 @@ class Vocabulary:
                 self._ids.append(item_id)
                 self._rows[item_id] = len(self._ids)
         return len(self._ids) - before
+
+    def forget(self, item_id: str) -> int:
+        """Takes the id out, leaving its row unused; returns the row (0: it was not here)."""
+        row = self._rows.pop(item_id, UNKNOWN_ROW)
+        if row:
+            placeholder = forgotten_id(row)
+            self._ids[row - 1] = placeholder
+            self._rows[placeholder] = row
+        return row
 
     def to_json(self) -> str:
         return json.dumps({"ids": self._ids})
@@ -307,6 +318,14 @@ class TwoTowerModel(nn.Module):
     @property
     def item_content(self) -> Tensor:
         return self.user_tower.item_content
+
+    @torch.no_grad()
+    def clear_user_rows(self, rows: Sequence[int]) -> None:
+        """What the model learned for these users goes: their rows read as zeros."""
+        table = self.user_tower.user_embedding.weight
+        known = [row for row in rows if 0 < row < table.shape[0]]
+        if known:
+            table[known] = 0.0
 
     def grow(self, n_users: int, n_items: int, item_content: Tensor) -> None:
         """Tables grow to the given row counts, keeping every trained row; the content buffer

@@ -25,6 +25,7 @@ MAX_READ = 10_000
 class History:
     recent: list[Interaction]
     seen: list[str]
+    first_offset: int  # of the user's oldest event in the log; 0: none
 
 
 class Behaviour:
@@ -60,7 +61,7 @@ class Behaviour:
             raise InvalidArgument("limit", f"must be between 0 and {MAX_HISTORY}")
         recent = self.log.history(user_id, limit) if limit else []
         seen = self.log.seen_items(user_id, MAX_SEEN) if include_seen else []
-        return History(recent, seen)
+        return History(recent, seen, self.log.first_offset(user_id) if recent else 0)
 
     def trending_items(
         self, k: int, item_filter: ItemFilter, exclude: Sequence[str]

@@ -51,6 +51,8 @@ class EventLog(Protocol):
 
     def history(self, user_id: str, limit: int) -> list[Interaction]: ...
 
+    def first_offset(self, user_id: str) -> int: ...
+
     def seen_items(self, user_id: str, limit: int) -> list[str]: ...
 
     def forget_user(self, user_id: str) -> list[Event]: ...
@@ -83,6 +85,8 @@ class SqliteEventLog(SqliteStore):
         super().__init__(path, _SCHEMA)
         with self._lock:
             _add_missing_columns(self._db)
+            # A forgotten user's rows are overwritten, not left readable in free pages.
+            self._db.execute("PRAGMA secure_delete=ON")
 
     def append(self, batches: Sequence[Sequence[Event]]) -> list[AppendResult]:
         results = []
@@ -148,6 +152,14 @@ class SqliteEventLog(SqliteStore):
             ).fetchall()
         return [Interaction(r[0], EventType(r[1]), r[2], r[3]) for r in rows]
 
+    def first_offset(self, user_id: str) -> int:
+        """The offset of the user's oldest event in the log; 0 when it holds none."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(log_offset) FROM events WHERE user_id = ?", (user_id,)
+            ).fetchone()
+        return int(row[0] or 0)
+
     def seen_items(self, user_id: str, limit: int) -> list[str]:
         with self._lock:
             rows = self._db.execute(
@@ -156,10 +168,16 @@ class SqliteEventLog(SqliteStore):
         return [r[0] for r in rows]
 
     def forget_user(self, user_id: str) -> list[Event]:
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE user_id = ?", (user_id,)
-            ).fetchall()
-            self._db.execute("DELETE FROM events WHERE user_id = ?", (user_id,))
+        """Deletes the user's events; afterwards no file of the log holds them: the deleted
+        cells are zeroed (secure_delete) and the WAL, whose frames may still hold the pages
+        as they were, is written back and truncated."""
+        with self._lock:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                rows = self._db.execute(
+                    f"SELECT {_COLUMNS} FROM events WHERE user_id = ?", (user_id,)
+                ).fetchall()
+                self._db.execute("DELETE FROM events WHERE user_id = ?", (user_id,))
+            if rows:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return [_event(r).event for r in rows]

@@ -128,6 +128,7 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
                 for i in history.recent
             ],
             seen_item_ids=history.seen,
+            first_offset=history.first_offset,
         )
 
     async def GetTrending(

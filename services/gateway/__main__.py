@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recsys.features.v1 import features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2_grpc
+from recsys.trainer.v1 import trainer_pb2_grpc
 from services.gateway.config import GatewayConfig
 from services.gateway.servicer import GatewayServicer
 from services.gateway.serving import ServingModel
@@ -41,6 +42,8 @@ class Gateway:
         self.config = config
         self.channels = [channel(config.features_address), channel(config.retrieval_address)]
         retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self.channels[1])
+        # Not part of readiness: only ForgetUser calls it.
+        self.trainer_channel = channel(config.trainer_address) if config.trainer_address else None
         self.embedding = EmbeddingClient(config.embedding_address, config.embedding_timeout_s)
         self.serving = ServingModel(
             ModelStore(config.model_dir),
@@ -55,6 +58,9 @@ class Gateway:
             retrieval,
             self.embedding,
             self.serving,
+            trainer_pb2_grpc.TrainerServiceStub(self.trainer_channel)
+            if self.trainer_channel
+            else None,
         )
         binding = ServiceBinding(
             SERVICE_NAME, gateway_pb2_grpc.add_GatewayServiceServicer_to_server, servicer
@@ -90,7 +96,7 @@ class Gateway:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for ch in self.channels:
+        for ch in [*self.channels, *([self.trainer_channel] if self.trainer_channel else [])]:
             await ch.close()
         await self.embedding.close()
 

@@ -27,6 +27,7 @@ class GatewayConfig:
     model_popularity_weight: float  # as popularity_weight, for the trained model's scores
     model_content_weight: float  # content-profile similarity added to the model's scores
     new_item_share: float  # of k, places kept for items the serving version has not learned
+    trainer_address: str  # the continual trainer, told of forgotten users; "": none deployed
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -48,4 +49,5 @@ class GatewayConfig:
             model_popularity_weight=env.number("MODEL_POPULARITY_WEIGHT", 1.0, minimum=0.0),
             model_content_weight=env.number("MODEL_CONTENT_WEIGHT", 1.0, minimum=0.0),
             new_item_share=env.number("NEW_ITEM_SHARE", 0.1, minimum=0.0, maximum=1.0),
+            trainer_address=env.optional_address("TRAINER_ADDRESS", "127.0.0.1:50054"),
         )

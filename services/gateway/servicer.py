@@ -15,6 +15,7 @@ import numpy as np
 from recsys.features.v1 import features_pb2, features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
+from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.gateway.config import GatewayConfig
 from services.gateway.profile import profile_weights
 from services.gateway.reasons import (
@@ -71,12 +72,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
         embedding: EmbeddingClient | None = None,
         serving: ServingModel | None = None,
+        trainer: trainer_pb2_grpc.TrainerServiceStub | None = None,
     ) -> None:
         self.config = config
         self.features = features
         self.retrieval = retrieval
         self.embedding = embedding
         self.serving = serving
+        self.trainer = trainer
 
     def _model(self) -> ServingInfo | None:
         """The version this request uses from start to end, read once."""
@@ -309,7 +312,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         else:
             history, trending = await self._history(request, limit, context), []
         recent = [interaction_from_proto(i) for i in history.recent]
-        user_row, rows, weights = user_inputs(model, request.user_id, recent)
+        user_row, rows, weights = user_inputs(model, request.user_id, recent, history.first_offset)
         picks: list[Pick] = []
         if user_row[0, 0] or rows.any():
             vector = await self.embedding.user_vectors(
@@ -463,12 +466,33 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def ForgetUser(
         self, request: gateway_pb2.ForgetUserRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ForgetUserResponse:
+        """The events first: once they are out of the log, the trainer can no longer read
+        them, and then it drops what it learned from them."""
         validate_id(request.user_id, "user_id")
-        reply = await self.features.ForgetUser(
+        events = await self.features.ForgetUser(
             features_pb2.ForgetUserRequest(user_id=request.user_id),
             timeout=deadline(context, self.config.write_timeout_s),
         )
-        return gateway_pb2.ForgetUserResponse(events_deleted=reply.events_deleted)
+        reply = gateway_pb2.ForgetUserResponse(events_deleted=events.events_deleted)
+        if self.trainer is None:
+            return reply
+        try:
+            model = await self.trainer.ForgetUser(
+                trainer_pb2.ForgetUserRequest(user_id=request.user_id),
+                timeout=deadline(context, self.config.write_timeout_s),
+            )
+        except grpc.aio.AioRpcError as error:
+            error.add_note(
+                f"the user's events are deleted ({events.events_deleted}), but the trainer"
+                " could not drop the user from the model: repeat the call to complete it"
+            )
+            raise
+        reply.trainer_updated = True
+        reply.model_knew_user = model.model_knew_user
+        reply.replay_samples_deleted = model.replay_samples_deleted
+        reply.model_versions_rewritten = model.model_versions_rewritten
+        reply.checkpoints_rewritten = model.checkpoints_rewritten
+        return reply
 
     async def GetStatus(
         self, request: gateway_pb2.GetStatusRequest, context: grpc.aio.ServicerContext

@@ -24,11 +24,13 @@ log = logging.getLogger(__name__)
 
 
 def user_inputs(
-    model: ServingInfo, user_id: str, recent: Sequence[Interaction]
+    model: ServingInfo, user_id: str, recent: Sequence[Interaction], first_offset: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The user tower's inputs for one user: recent is newest first (as features returns
     it); the tower wants the latest `history_len` items oldest first, left-padded with 0.
-    Items the version does not know are left out (row 0 is padding)."""
+    Items the version does not know are left out (row 0 is padding). The user's own row
+    only when the version learned from the user's events in the log (`first_offset`, the
+    oldest of them): a user forgotten since is new to every version, whatever its rows."""
     length = model.history_len
     rows = np.zeros((1, length), dtype=np.int64)
     weights = np.zeros((1, length), dtype=np.float32)
@@ -36,7 +38,7 @@ def user_inputs(
     for position, interaction in enumerate(reversed(known), start=length - len(known)):
         rows[0, position] = model.items[interaction.item_id]
         weights[0, position] = interaction_weight(interaction.type, interaction.value)
-    user_row = np.array([[model.users.get(user_id, 0)]], dtype=np.int64)
+    user_row = np.array([[model.user_row(user_id, first_offset)]], dtype=np.int64)
     return user_row, rows, weights
 
 
@@ -71,7 +73,9 @@ class ServingModel:
             return False
         if not await self._ready(live.version):
             return False
-        info = await asyncio.to_thread(self.store.serving, live.version)
+        info = await asyncio.to_thread(
+            self.store.serving, live.version, live.trained_through_offset
+        )
         previous = self.current.version if self.current else None
         self.current = info  # one reference swap: requests read it once each
         log.info("serving model version", extra={"version": live.version, "previous": previous})

@@ -159,7 +159,9 @@ def user_samples(
     gateway builds them."""
     recent = recent_by_user(ratings, model.history_len)
     users = sorted(u for u in recent if u in model.users)
-    return [user_inputs(model, user, recent[user]) for user in draw.choices(users, k=count)]
+    # The model learned every rating logged, so each user's oldest one (offset 1 or later)
+    # is inside it.
+    return [user_inputs(model, user, recent[user], 1) for user in draw.choices(users, k=count)]
 
 
 def item_samples(

@@ -20,7 +20,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared.config import DEFAULT_HOST, Env, data_root
+from shared.config import DEFAULT_HOST, NO_ADDRESS, Env, data_root
 
 # Start order: the gateway last, since it is ready only once the others are.
 SERVICES = ("features", "retrieval", "embedding", "trainer", "gateway")
@@ -118,6 +118,10 @@ class SuiteSpec:
             env[f"{prefix}FEATURES_ADDRESS"] = self.address("features")
             env[f"{prefix}RETRIEVAL_ADDRESS"] = self.address("retrieval")
             env[f"{prefix}EMBEDDING_ADDRESS"] = self.address("embedding")
+        if service == "gateway" and "trainer" in self.services:
+            env[f"{prefix}TRAINER_ADDRESS"] = self.address("trainer")
+        elif service == "gateway":  # a trainer running elsewhere is named by the caller
+            env.setdefault(f"{prefix}TRAINER_ADDRESS", NO_ADDRESS)
         if service == "trainer":
             env[f"{prefix}STATE_DIR"] = str(self.data_dir / service)
         return env

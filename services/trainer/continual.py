@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,10 @@ from services.trainer.training import (
     embed_items,
     embed_users,
     empty_samples,
+    forget_users,
     make_optimizer,
     update,
+    write_atomically,
 )
 from shared.events import LoggedEvent
 from shared.two_tower import TowerConfig, TwoTowerModel, Vocabulary
@@ -149,6 +151,16 @@ class ReplayBuffer:
                 _put(self.samples, slot, fresh, n)
         self.seen = seen
 
+    def drop_users(self, rows: set[int]) -> dict[int, int]:
+        """Removes every sample of these user rows; returns how many each had."""
+        users = self.samples.users
+        gone = np.isin(users, list(rows))
+        if not gone.any():
+            return {}
+        counts = np.bincount(users[gone])
+        self.samples = self.samples.take(np.flatnonzero(~gone))
+        return {row: int(counts[row]) for row in rows if row < counts.size and counts[row]}
+
     def draw(self, count: int, rng: np.random.Generator) -> Samples:
         if not len(self.samples) or count <= 0:
             return empty_samples(self.samples.history_rows.shape[1], 0)
@@ -162,6 +174,14 @@ def _put(target: Samples, slot: int, source: Samples, n: int) -> None:
     target.targets[slot] = source.targets[n]
     target.offsets[slot] = source.offsets[n]
     target.sessions[slot] = source.sessions[n]
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What one user left in a learner: its id row, and its samples in the reservoir."""
+
+    row: int
+    replay_samples: int
 
 
 @dataclass(frozen=True)
@@ -370,14 +390,38 @@ class ContinualLearner:
         """A copy of the current model to publish or serve as the live reference."""
         return copy_trained(self.trained)
 
+    def forget(self, user_ids: Iterable[str]) -> dict[str, Forgotten]:
+        """Drops users from everything the learner holds: their id rows (zeroed, with the
+        optimizer's moments for them), histories, visits, and samples in the replay
+        reservoir and in the recent samples kept for comparing a full retrain; later events
+        of the same id start a new row. Returns what each user the learner knew left."""
+        rows = forget_users(self.trained, user_ids)
+        if not rows:
+            return {}
+        for user in rows:
+            if self.builder.users is not self.trained.users:
+                self.builder.users.forget(user)
+            self.builder.histories.pop(user, None)
+            self.builder._visits.pop(user, None)
+        self._clear_optimizer_rows(list(rows.values()))
+        dropped = self.buffer.drop_users(set(rows.values()))
+        self.recent = deque(_without_users(part, set(rows.values())) for part in self.recent)
+        return {user: Forgotten(row, dropped.get(row, 0)) for user, row in rows.items()}
+
+    def _clear_optimizer_rows(self, rows: list[int]) -> None:
+        table = self.trained.model.user_tower.user_embedding.weight
+        state = self.optimizer.state.get(table, {})
+        with torch.no_grad():
+            for value in state.values():
+                if isinstance(value, torch.Tensor) and value.shape == table.shape:
+                    value[rows] = 0.0
+
     # Checkpoints --------------------------------------------------------------------------
 
     def save(self, directory: Path) -> None:
         """Writes the whole state into `directory` atomically: it appears complete or not
-        at all."""
-        temporary = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
-        shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir(parents=True)
+        at all. A checkpoint written again (without a forgotten user) has its file replaced
+        by one rename."""
         trained = self.trained
         state = {
             "model": trained.model.state_dict(),
@@ -399,12 +443,13 @@ class ContinualLearner:
         }
         raw = io.BytesIO()
         torch.save(state, raw)
-        with (temporary / CHECKPOINT_FILE).open("wb") as f:
-            f.write(raw.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
         if directory.exists():
-            shutil.rmtree(directory)
+            write_atomically(directory / CHECKPOINT_FILE, raw.getvalue())
+            return
+        temporary = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+        write_atomically(temporary / CHECKPOINT_FILE, raw.getvalue())
         os.replace(temporary, directory)
 
     @classmethod
@@ -450,6 +495,32 @@ class ContinualLearner:
         learner.optimizer.load_state_dict(state["optimizer"])
         learner.steps_done = int(state["steps_done"])
         return learner
+
+
+def _without_users(part: tuple[Samples, Scores], rows: set[int]) -> tuple[Samples, Scores]:
+    samples, scores = part
+    keep = np.flatnonzero(~np.isin(samples.users, list(rows)))
+    if keep.size == len(samples):
+        return part
+    ndcg = scores.per_event[keep]
+    return samples.take(keep), Scores(keep.size, float((ndcg > 0).sum()), float(ndcg.sum()), ndcg)
+
+
+def checkpoint_users(directory: Path) -> list[str]:
+    """The user ids a checkpoint holds rows for; its tensors are mapped, not read."""
+    state = torch.load(directory / CHECKPOINT_FILE, weights_only=False, mmap=True)
+    return list(state["users"])
+
+
+def forget_in_checkpoint(
+    directory: Path, user_ids: Collection[str], config: ContinualConfig, train_config: TrainConfig
+) -> set[str]:
+    """Writes the checkpoint again without these users; returns those it held."""
+    learner = ContinualLearner.load(directory, config, train_config)
+    found = learner.forget(user_ids)
+    if found:
+        learner.save(directory)
+    return set(found)
 
 
 def copy_trained(trained: TrainedModel) -> TrainedModel:

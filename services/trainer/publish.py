@@ -24,7 +24,14 @@ from recsys.features.v1 import features_pb2, features_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.embedding.repository import TOWERS, Repository
 from services.trainer.sources import catalogue_pages
-from services.trainer.training import TrainedModel, save_trained
+from services.trainer.training import (
+    USERS_FILE,
+    TrainedModel,
+    forget_users,
+    load_trained,
+    load_vocabulary,
+    save_trained,
+)
 from shared.embedding_client import EmbeddingClient
 from shared.model_store import LiveVersion, ModelStore, index_categories, model_name
 from shared.two_tower import Vocabulary, export_towers, tower_io
@@ -132,6 +139,7 @@ class Publisher:
             trained.tower.dim,
             trained.users.ids,
             trained.items.ids,
+            trained.trained_through_offset,
         )
 
     async def _serve_versions(self, trained: TrainedModel, versions: list[int]) -> None:
@@ -225,6 +233,23 @@ class Publisher:
                     "could not drop an old index", extra={"version": old, "why": str(error)}
                 )
             shutil.rmtree(self.store.version_dir(old) / "torchscript", ignore_errors=True)
+
+    def forget_users(self, user_ids: set[str]) -> dict[str, int]:
+        """Every stored version written again without these users (the id maps of
+        serving.json and of its weights, and their rows in the weights); how many versions
+        each user was in. The TorchScript towers Triton serves keep the rows' vectors, with
+        no id leading to them."""
+        counts: dict[str, int] = {}
+        for version in self.store.versions():
+            found = self.store.forget_users(version, user_ids)
+            weights = self.store.version_dir(version) / "weights"
+            if weights.exists() and user_ids & set(load_vocabulary(weights, USERS_FILE).ids):
+                trained = load_trained(weights)
+                found |= set(forget_users(trained, user_ids))
+                save_trained(trained, weights)
+            for user in found:
+                counts[user] = counts.get(user, 0) + 1
+        return counts
 
     async def rollback(self, trained: TrainedModel) -> int:
         """Serves the live version's predecessor again: it is still loaded with its index

@@ -14,7 +14,7 @@ import ray
 
 from services.trainer.config import TrainerConfig
 from services.trainer.retrain import RetrainRequest, RetrainResult, full_retrain
-from services.trainer.trainer import ContinualTrainer
+from services.trainer.trainer import ContinualTrainer, ForgetReport
 from shared import logs
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,9 @@ class Trainer:
 
     async def rollback(self) -> tuple[int, int]:
         return await self.trainer.rollback()
+
+    async def forget(self, user_id: str) -> ForgetReport:
+        return await self.trainer.forget(user_id)
 
 
 TrainerActor: Any = ray.remote(num_cpus=1, max_restarts=0)(Trainer)

@@ -8,6 +8,7 @@ import grpc
 from ray.exceptions import RayActorError, RayTaskError
 
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from shared.catalog import validate_id
 from shared.errors import FailedPrecondition, InvalidArgument, Unavailable
 from shared.model_store import model_name
 
@@ -79,6 +80,18 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         )
         return trainer_pb2.WaitUntilTrainedResponse(
             reached=reached, live_version=live, live_trained_offset=offset
+        )
+
+    async def ForgetUser(
+        self, request: trainer_pb2.ForgetUserRequest, context: grpc.aio.ServicerContext
+    ) -> trainer_pb2.ForgetUserResponse:
+        validate_id(request.user_id, "user_id")
+        report = await self._call(self.actor.forget, request.user_id)
+        return trainer_pb2.ForgetUserResponse(
+            model_knew_user=report.model_knew_user,
+            replay_samples_deleted=report.replay_samples_deleted,
+            model_versions_rewritten=report.model_versions_rewritten,
+            checkpoints_rewritten=report.checkpoints_rewritten,
         )
 
     async def Rollback(

@@ -28,12 +28,13 @@ import numpy as np
 from recsys.features.v1 import features_pb2, features_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2_grpc
 from services.trainer.config import TrainerConfig
-from services.trainer.continual import ContinualLearner
+from services.trainer.continual import ContinualLearner, checkpoint_users, forget_in_checkpoint
 from services.trainer.gate import GateDecision, decide
 from services.trainer.publish import Publisher, PublishSettings
 from services.trainer.retrain import RetrainRequest, RetrainResult, full_retrain
 from services.trainer.sources import EVENT_PAGE, logged_event, read_content, read_events
-from services.trainer.training import TrainedModel, load_trained
+from services.trainer.training import TrainedModel, forget_users, load_trained
+from shared.batching import Batched
 from shared.clients import channel
 from shared.embedding_client import EmbeddingClient
 from shared.model_store import LiveVersion, model_name, write_json_atomically
@@ -68,6 +69,16 @@ class GateRejected(RuntimeError):
     pass
 
 
+@dataclass
+class ForgetReport:
+    """What forgetting one user took out of the trainer."""
+
+    model_knew_user: bool = False
+    replay_samples_deleted: int = 0
+    model_versions_rewritten: int = 0
+    checkpoints_rewritten: int = 0
+
+
 class ContinualTrainer:
     def __init__(self, config: TrainerConfig, retrain: RetrainRunner = retrain_in_thread) -> None:
         self.config = config
@@ -95,6 +106,10 @@ class ContinualTrainer:
         self.checkpointed_offset = -1
         self.content_read_at = time.monotonic()
         self.retirements: set[asyncio.Task[Any]] = set()
+        # Users forgotten while a full retrain was under way: it may have read their events.
+        self.retrain_forgets: set[str] = set()
+        # Concurrent ForgetUser calls share one pass over the checkpoints and versions.
+        self.forgets: Batched[str, ForgetReport] = Batched(self._forget_all)
 
     # Lifecycle ----------------------------------------------------------------------------
 
@@ -163,7 +178,8 @@ class ContinualTrainer:
             time.monotonic() - self.last_checkpoint >= self.config.checkpoint_every_s
             and self.learner.offset != self.checkpointed_offset
         ):
-            await self._checkpoint()
+            async with self.lock:  # a forget or a rollback may be changing the learner
+                await self._checkpoint()
         return learned
 
     # Restore and bootstrap ----------------------------------------------------------------
@@ -240,20 +256,22 @@ class ContinualTrainer:
     # Learning -----------------------------------------------------------------------------
 
     async def _learn_next(self) -> int:
-        assert self.learner is not None
-        reply = await self.features.ReadEvents(
-            features_pb2.ReadEventsRequest(
-                from_offset=self.learner.offset + 1,
-                limit=min(self.config.continual.max_batch_events, EVENT_PAGE),
-            ),
-            timeout=30.0,
-        )
-        self.log_end = reply.end_offset
-        events = [logged_event(e) for e in reply.events]
-        if not events:
-            return 0
+        # Read under the lock too: events read before a user was forgotten must not be
+        # learned after the forget.
         async with self.lock:
             learner = self.learner
+            assert learner is not None
+            reply = await self.features.ReadEvents(
+                features_pb2.ReadEventsRequest(
+                    from_offset=learner.offset + 1,
+                    limit=min(self.config.continual.max_batch_events, EVENT_PAGE),
+                ),
+                timeout=30.0,
+            )
+            self.log_end = reply.end_offset
+            events = [logged_event(e) for e in reply.events]
+            if not events:
+                return 0
             self.state = "learning"
             report = await asyncio.to_thread(learner.learn, events, self.live_model)
             self.state = "idle"
@@ -463,7 +481,14 @@ class ContinualTrainer:
         task = self.retrain_task
         if task is None or not task.done():
             return
-        self.retrain_task = None
+        try:
+            await self._finish_retrain(task)
+        finally:
+            # Only now: users forgotten until the result is adopted must be taken out of it.
+            self.retrain_task = None
+            self.retrain_forgets.clear()
+
+    async def _finish_retrain(self, task: asyncio.Task[RetrainResult]) -> None:
         try:
             result = task.result()
         except Exception as error:
@@ -482,9 +507,12 @@ class ContinualTrainer:
             # Fairer than the held-out events, which the live version may have learned:
             # the events that came after the retrain's, which the continual model scored
             # before learning them.
-            challenger, incumbent = await asyncio.to_thread(
-                self.learner.compare_after, result.trained.trained_through_offset, result.trained
-            )
+            async with self.lock:
+                challenger, incumbent = await asyncio.to_thread(
+                    self.learner.compare_after,
+                    result.trained.trained_through_offset,
+                    result.trained,
+                )
             if challenger.events >= self.config.gate.min_events:
                 decision = decide(challenger, incumbent, "the continual model", self.config.gate)
         decision = GateDecision(
@@ -500,11 +528,13 @@ class ContinualTrainer:
 
     async def _adopt(self, result: RetrainResult, decision: GateDecision) -> None:
         """The retrained model replaces the learner: it catches up with the events that
-        arrived while it trained (learned once, incrementally), then is published."""
+        arrived while it trained (learned once, incrementally), then is published. All of
+        it under the lock, so that no forgotten user slips in between."""
         trained = result.trained
         through = trained.trained_through_offset
         content = await read_content(self.features)
         async with self.lock:
+            forget_users(trained, self.retrain_forgets)
             learner = await self._learner_from(trained, content)
             current = self.learner.offset if self.learner else through
             if current > through:
@@ -516,9 +546,9 @@ class ContinualTrainer:
             await self._checkpoint()
             candidate = await asyncio.to_thread(learner.snapshot)
             candidate.metrics = decision.candidate
-        if self.publishing is not None:
-            await self.publishing  # one publish at a time, in order
-        self._start_publish(candidate, decision)
+            if self.publishing is not None:
+                await self.publishing  # one publish at a time, in order
+            self._start_publish(candidate, decision)
 
     # Requests -----------------------------------------------------------------------------
 
@@ -586,11 +616,65 @@ class ContinualTrainer:
             self.changed.notify_all()
         return target, live.version
 
+    async def forget(self, user_id: str) -> ForgetReport:
+        """Takes the user out of the model, everywhere the trainer keeps it (its events have
+        left the log already): the learner's state, then a checkpoint of it, every stored
+        version and every older checkpoint, so that neither a publish nor a restart nor a
+        rollback brings the user back. Concurrent calls share one pass."""
+        return await self.forgets.submit(user_id)
+
+    async def _forget_all(self, user_ids: list[str]) -> list[ForgetReport]:
+        wanted = set(user_ids)
+        reports = {user: ForgetReport() for user in wanted}
+        async with self.lock:
+            if self.publishing is not None:
+                # Its version may hold the users; it is rewritten below once written.
+                with contextlib.suppress(Exception):
+                    await self.publishing
+            if self.retrain_task is not None:
+                self.retrain_forgets |= wanted
+            if self.live_model is not None:
+                forget_users(self.live_model, wanted)
+            if self.learner is not None:
+                found = await asyncio.to_thread(self.learner.forget, wanted)
+                for user, left in found.items():
+                    reports[user].model_knew_user = True
+                    reports[user].replay_samples_deleted = left.replay_samples
+                if found:
+                    await self._checkpoint()  # what a restart resumes from
+            async with self.publish_lock:
+                versions = await asyncio.to_thread(self.publisher.forget_users, wanted)
+            checkpoints = await asyncio.to_thread(self._forget_in_checkpoints, wanted)
+        for user, report in reports.items():
+            report.model_versions_rewritten = versions.get(user, 0)
+            report.checkpoints_rewritten = checkpoints.get(user, 0)
+        if any(r.model_knew_user or r.model_versions_rewritten for r in reports.values()):
+            log.info("users forgotten", extra={"users": len(wanted)})
+        return [reports[user] for user in user_ids]
+
+    def _forget_in_checkpoints(self, user_ids: set[str]) -> dict[str, int]:
+        """Every checkpoint but the one just committed, written again without the users;
+        how many each user was in."""
+        counts: dict[str, int] = {}
+        if not self.checkpoints.exists():
+            return counts
+        for directory in sorted(self.checkpoints.iterdir()):
+            if directory.name.startswith(".") or directory.name == self.commit.checkpoint:
+                continue
+            if not user_ids & set(checkpoint_users(directory)):
+                continue
+            found = forget_in_checkpoint(directory, user_ids, self.config.continual, self.job.train)
+            for user in found:
+                counts[user] = counts.get(user, 0) + 1
+        return counts
+
     async def _reconcile_and_retire(self, version: int, trained: TrainedModel) -> None:
         await self.publisher.reconcile(version, trained)
         await self._retire_later()
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Retiring old versions in the background; a failure (Triton down, say) is logged,
+        and the next publish retires them again."""
         task = asyncio.create_task(work)
         self.retirements.add(task)
         task.add_done_callback(self.retirements.discard)

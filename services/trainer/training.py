@@ -9,11 +9,13 @@ what teach the content path to place items that nobody has touched yet.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -833,15 +835,36 @@ def embed_users(
     return _user_vectors(trained.model, trained.users.rows(user_ids), padded)
 
 
+def forget_users(trained: TrainedModel, user_ids: Iterable[str]) -> dict[str, int]:
+    """Takes the users out of a trained model: their ids leave the vocabulary (the rows
+    stay, unused, so other users keep theirs) and their rows are zeroed. Returns each
+    forgotten user's former row; users the model did not know are left out."""
+    rows = {user: trained.users.forget(user) for user in user_ids}
+    rows = {user: row for user, row in rows.items() if row}
+    trained.model.clear_user_rows(list(rows.values()))
+    return rows
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """The file holds the old bytes or the new ones, never a part: a rename replaces it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
 def save_trained(trained: TrainedModel, directory: Path) -> None:
+    """Each file is replaced whole, so a version written again (without a forgotten user)
+    is never left half old, half new."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {
         "model": trained.model.state_dict(),
         "item_counts": torch.from_numpy(trained.item_counts),
     }
-    torch.save(state, directory / WEIGHTS_FILE)
-    (directory / USERS_FILE).write_text(trained.users.to_json(), encoding="utf-8")
-    (directory / ITEMS_FILE).write_text(trained.items.to_json(), encoding="utf-8")
+    weights = io.BytesIO()
+    torch.save(state, weights)
     config = {
         "tower": asdict(trained.tower),
         "trained_through_offset": trained.trained_through_offset,
@@ -849,15 +872,27 @@ def save_trained(trained: TrainedModel, directory: Path) -> None:
         "events_used": trained.events_used,
         "newest_event_appended_at": trained.newest_event_appended_at,
     }
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
-    (directory / METRICS_FILE).write_text(json.dumps(trained.metrics, indent=2), encoding="utf-8")
+    files = {
+        WEIGHTS_FILE: weights.getvalue(),
+        USERS_FILE: trained.users.to_json().encode("utf-8"),
+        ITEMS_FILE: trained.items.to_json().encode("utf-8"),
+        CONFIG_FILE: json.dumps(config, indent=2).encode("utf-8"),
+        METRICS_FILE: json.dumps(trained.metrics, indent=2).encode("utf-8"),
+    }
+    for name, data in files.items():
+        write_atomically(directory / name, data)
+
+
+def load_vocabulary(directory: Path, name: str) -> Vocabulary:
+    """USERS_FILE or ITEMS_FILE of a saved model, without loading the rest."""
+    return Vocabulary.from_json((directory / name).read_text(encoding="utf-8"))
 
 
 def load_trained(directory: Path) -> TrainedModel:
     config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
     tower = TowerConfig(**config["tower"])
-    users = Vocabulary.from_json((directory / USERS_FILE).read_text(encoding="utf-8"))
-    items = Vocabulary.from_json((directory / ITEMS_FILE).read_text(encoding="utf-8"))
+    users = load_vocabulary(directory, USERS_FILE)
+    items = load_vocabulary(directory, ITEMS_FILE)
     state = torch.load(directory / WEIGHTS_FILE, weights_only=True)
     content = state["model"]["user_tower.item_content"]
     model = TwoTowerModel(len(users), len(items), torch.zeros_like(content), tower)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,9 +39,14 @@ class UserSuite:
     """`recsys up` in its own process, on free loopback ports, with its own data."""
 
     def __init__(
-        self, data_dir: Path, trainer: bool = False, env: dict[str, str] | None = None
+        self,
+        data_dir: Path,
+        trainer: bool = False,
+        env: dict[str, str] | None = None,
+        external_trainer: bool = False,
     ) -> None:
-        """Without `trainer`, models come only from `recsys train` (self.train())."""
+        """Without `trainer`, models come only from `recsys train` (self.train()), or from
+        a TrainerProcess with `external_trainer` (on the port kept for it here)."""
         self.env = dict(os.environ, RECSYS_DATA_DIR=str(data_dir), **(env or {}))
         for service in ("GATEWAY", "FEATURES", "RETRIEVAL", "EMBEDDING", "TRAINER"):
             self.env[f"RECSYS_{service}_PORT"] = str(free_port())
@@ -50,6 +56,8 @@ class UserSuite:
             self.env["RECSYS_SUITE_SERVICES"] = "features,retrieval,embedding,gateway"
         self.gateway = f"{HOST}:{self.env['RECSYS_GATEWAY_PORT']}"
         self.trainer = f"{HOST}:{self.env['RECSYS_TRAINER_PORT']}"
+        if external_trainer:
+            self.env["RECSYS_GATEWAY_TRAINER_ADDRESS"] = self.trainer
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> UserSuite:
@@ -158,6 +166,16 @@ class UserSuite:
             self.terminate()
 
 
+def files_holding(root: Path, text: str) -> list[str]:
+    """Every file under `root` whose bytes contain `text`."""
+    needle, found = text.encode(), []
+    for path in sorted(root.rglob("*")):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            if path.is_file() and needle in path.read_bytes():
+                found.append(str(path.relative_to(root)))
+    return found
+
+
 def _state(pid: str) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
@@ -170,7 +188,7 @@ class TrainerProcess:
 
     def __init__(self, suite: UserSuite, env: dict[str, str] | None = None) -> None:
         data = Path(suite.env["RECSYS_DATA_DIR"])
-        self.address = f"{HOST}:{free_port()}"
+        self.address = suite.trainer
         self.env = dict(suite.env, **(env or {}))
         self.env.update(
             RECSYS_MODEL_DIR=str(data / "models"),

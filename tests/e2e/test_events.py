@@ -11,7 +11,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsys.gateway.v1 import gateway_pb2 as api
-from tests.e2e.harness import JUMANJI, TOY_STORY, TOY_STORY_2, UserSuite, catalogue
+from tests.e2e.harness import JUMANJI, TOY_STORY, TOY_STORY_2, UserSuite, catalogue, files_holding
 
 GODFATHER = "858"
 T0 = 1_600_000_000
@@ -101,12 +101,18 @@ def test_events_for_unknown_items_are_kept_and_do_not_break_recommendations(
 
 
 def test_forget_user_removes_their_events_and_history(suite: UserSuite) -> None:
-    log(suite, rate("gone-1", "gone", TOY_STORY, T0), rate("gone-2", "gone", JUMANJI, T0))
-    assert not recommend(suite, "gone").fallback
-    reply = suite.stub().ForgetUser(api.ForgetUserRequest(user_id="gone"), timeout=10)
+    gone = "gone-user-5e1"
+    log(suite, rate("gone-1", gone, TOY_STORY, T0), rate("gone-2", gone, JUMANJI, T0))
+    assert not recommend(suite, gone).fallback
+    features = Path(suite.env["RECSYS_DATA_DIR"]) / "features"
+    assert files_holding(features, gone)
+    reply = suite.stub().ForgetUser(api.ForgetUserRequest(user_id=gone), timeout=10)
     assert reply.events_deleted == 2
-    assert recommend(suite, "gone").fallback
-    assert "gone" not in {e.user_id for e in suite.logged_events()}
+    assert not reply.trainer_updated  # this suite runs without the continual trainer
+    assert recommend(suite, gone).fallback
+    assert gone not in {e.user_id for e in suite.logged_events()}
+    # Not left readable in free pages or in the WAL either.
+    assert files_holding(features, gone) == []
 
 
 def test_stream_events_acknowledges_every_event(suite: UserSuite) -> None:

@@ -12,13 +12,14 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 
 from recsys.gateway.v1 import gateway_pb2 as api
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from tests.e2e.harness import TrainerProcess, UserSuite, catalogue
+from tests.e2e.harness import TrainerProcess, UserSuite, catalogue, files_holding
 from tests.e2e.test_events import T0, log, rate, recommend
 
 USERS = 40
@@ -79,7 +80,7 @@ def wait_trained(suite: UserSuite, offset: int, timeout_s: float = 240) -> str:
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserSuite]:
-    running = UserSuite(tmp_path_factory.mktemp("trainer")).start()
+    running = UserSuite(tmp_path_factory.mktemp("trainer"), external_trainer=True).start()
     client = running.client()
     movies = catalogue()
     for start in range(0, len(movies), 256):
@@ -233,3 +234,61 @@ def test_trainer_killed_at_random_moments_learns_every_event_exactly_once(
     assert now.trained_offset == final
     assert now.events_learned == final, "an event was skipped or learned twice"
     assert now.learned_offset_sum == final * (final + 1) // 2
+
+
+# Last: it deletes events, after which no count of events learned can equal the offsets.
+FORGOTTEN = "forgotten-user-7f3a"
+
+
+def wait_no_full_retrain(suite: UserSuite, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while status(suite).full_retrain_running:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
+@pytest.mark.timeout(600)
+def test_a_forgotten_user_leaves_the_model_everywhere_and_a_restart_brings_it_back_nowhere(
+    suite: UserSuite, movies: list[str]
+) -> None:
+    data = Path(suite.env["RECSYS_DATA_DIR"])
+    films = movies[:GROUP_FILMS]
+    mine = [rate(f"fg{n}", FORGOTTEN, films[n % GROUP_FILMS], T0 + 3000 + n) for n in range(40)]
+    version = wait_trained(suite, log(suite, *mine).last_offset)
+    known = suite.wait_for_version(version, user=FORGOTTEN)
+    assert known.model_version == version and not known.fallback
+    assert files_holding(data, FORGOTTEN), "the user should be on disk before the forget"
+    wait_no_full_retrain(suite)
+    # A full retrain under way when the forget arrives may have read the user's events.
+    trainer(suite).TriggerRetrain(trainer_pb2.TriggerRetrainRequest(full=True), timeout=10)
+
+    reply = suite.stub().ForgetUser(api.ForgetUserRequest(user_id=FORGOTTEN), timeout=120)
+
+    assert reply.events_deleted == len(mine)
+    assert reply.trainer_updated and reply.model_knew_user
+    assert reply.replay_samples_deleted > 0
+    assert reply.model_versions_rewritten >= 1 and reply.checkpoints_rewritten >= 1
+    # The very next request: a new user, though the serving version has a row for the id.
+    assert recommend(suite, FORGOTTEN).fallback
+    assert files_holding(data, FORGOTTEN) == []
+
+    wait_no_full_retrain(suite)  # adopted or rejected: either way without the user
+    later = log(suite, *ratings(movies, 1300, 150))
+    wait_trained(suite, later.last_offset, timeout_s=120)
+    assert files_holding(data, FORGOTTEN) == []
+
+    # SIGTERM during a full retrain is a clean stop; the restart resumes from checkpoints
+    # that no longer hold the user.
+    process = RUNNING["trainer"]
+    trainer(suite).TriggerRetrain(trainer_pb2.TriggerRetrainRequest(full=True), timeout=10)
+    time.sleep(1.0)
+    assert process.stop() == 0
+    process.start()
+    assert files_holding(data, FORGOTTEN) == []
+    assert recommend(suite, FORGOTTEN).fallback
+
+    # The same id again is a new user, learned from its new events only.
+    back = log(suite, rate("fg-back", FORGOTTEN, films[0], T0 + 5000))
+    assert not recommend(suite, FORGOTTEN).fallback  # its new history, at once
+    wait_trained(suite, back.last_offset, timeout_s=120)
+    assert len(files_holding(data, FORGOTTEN)) >= 1

@@ -37,6 +37,7 @@ def model(history_len: int = 3) -> ServingInfo:
         dimension=8,
         users={"u1": 1, "u2": 2},
         items={"a": 1, "b": 2, "c": 3},
+        trained_through_offset=3,
     )
 
 

@@ -14,6 +14,22 @@ def test_gateway_config_defaults_to_loopback_and_documented_ports() -> None:
     assert (config.server.host, config.server.port) == ("127.0.0.1", 50051)
     assert config.features_address == "127.0.0.1:50052"
     assert config.retrieval_address == "127.0.0.1:50053"
+    assert config.trainer_address == "127.0.0.1:50054"
+
+
+def test_gateway_runs_without_a_trainer_when_its_address_is_none() -> None:
+    assert GatewayConfig.from_env({"RECSYS_GATEWAY_TRAINER_ADDRESS": "none"}).trainer_address == ""
+    with pytest.raises(ConfigError, match="RECSYS_GATEWAY_TRAINER_ADDRESS"):
+        GatewayConfig.from_env({"RECSYS_GATEWAY_TRAINER_ADDRESS": "trainer"})
+
+
+def test_launcher_names_its_trainer_to_the_gateway_or_none_without_one(tmp_path: Path) -> None:
+    from services.suite.launcher import WITHOUT_TRAINER, SuiteSpec
+
+    spec = SuiteSpec.on_free_ports(tmp_path)
+    assert spec.env_for("gateway")["RECSYS_GATEWAY_TRAINER_ADDRESS"] == spec.address("trainer")
+    alone = SuiteSpec.on_free_ports(tmp_path, services=WITHOUT_TRAINER)
+    assert alone.env_for("gateway")["RECSYS_GATEWAY_TRAINER_ADDRESS"] == "none"
 
 
 def test_retrieval_config_reads_prefixed_variables() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from services.trainer.continual import (
     ContinualConfig,
     ContinualLearner,
     ReplayBuffer,
+    checkpoint_users,
     copy_trained,
+    forget_in_checkpoint,
 )
 from services.trainer.training import SampleBuilder, TrainConfig, TrainedModel, train, update
 from shared.events import Event, EventType, LoggedEvent
@@ -137,6 +140,54 @@ def test_checkpoint_appears_whole_or_not_at_all_when_written_again(
     learner.save(target)
     learner.save(target)  # replaces the old one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_a_forgotten_user_leaves_no_trace_in_the_learner_or_its_checkpoint(
+    base: tuple[TrainedModel, list[LoggedEvent]], tmp_path: Path
+) -> None:
+    learner = learner_from(base)
+    row = learner.trained.users.row("u3")
+    assert row and learner.trained.model.user_tower.user_embedding.weight[row].abs().sum() > 0
+    other = learner.trained.users.row("u4")
+    kept = learner.trained.model.user_tower.user_embedding.weight[other].clone()
+    learner.save(tmp_path / "before")
+
+    forgotten = learner.forget(["u3", "nobody"])
+
+    assert set(forgotten) == {"u3"} and forgotten["u3"].replay_samples > 0
+    assert "u3" not in learner.trained.users and "u3" not in learner.builder.histories
+    assert "u3" not in learner.builder._visits
+    assert not (learner.buffer.samples.users == row).any()
+    assert learner.trained.model.user_tower.user_embedding.weight[row].abs().sum() == 0
+    assert torch.equal(learner.trained.model.user_tower.user_embedding.weight[other], kept)
+    assert learner.trained.users.row("u4") == other  # the other users keep their rows
+    snapshot = learner.snapshot()
+    assert "u3" not in snapshot.users
+
+    # A checkpoint written before the forget is written again without the user.
+    assert "u3" in checkpoint_users(tmp_path / "before")
+    found = forget_in_checkpoint(tmp_path / "before", {"u3"}, CONTINUAL, TRAIN)
+    assert found == {"u3"}
+    pickled = _pickled(tmp_path / "before" / "learner.pt")
+    assert _as_pickled("u4") in pickled and _as_pickled("u3") not in pickled
+    restored = ContinualLearner.load(tmp_path / "before", CONTINUAL, TRAIN, content())
+    assert "u3" not in restored.trained.users and "u3" not in checkpoint_users(tmp_path / "before")
+
+    # The same id later is a new user with a new row.
+    learner.learn(events(range(3, 4), first_offset=learner.offset + 1))
+    assert learner.trained.users.row("u3") > row
+
+
+def _pickled(path: Path) -> bytes:
+    """The checkpoint's pickled objects (where ids are), without its tensor data."""
+    with zipfile.ZipFile(path) as archive:
+        return b"".join(archive.read(n) for n in archive.namelist() if n.endswith(".pkl"))
+
+
+def _as_pickled(text: str) -> bytes:
+    """How pickle writes a short str: BINUNICODE, a 4-byte length, the UTF-8 bytes."""
+    raw = text.encode()
+    return b"X" + len(raw).to_bytes(4, "little") + raw
 
 
 def test_accounting_refuses_an_offset_learned_before() -> None:

@@ -75,12 +75,14 @@ class GetUserHistoryRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ..., include_seen_item_ids: _Optional[bool] = ...) -> None: ...
 
 class GetUserHistoryResponse(_message.Message):
-    __slots__ = ("recent", "seen_item_ids")
+    __slots__ = ("recent", "seen_item_ids", "first_offset")
     RECENT_FIELD_NUMBER: _ClassVar[int]
     SEEN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_OFFSET_FIELD_NUMBER: _ClassVar[int]
     recent: _containers.RepeatedCompositeFieldContainer[Interaction]
     seen_item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, recent: _Optional[_Iterable[_Union[Interaction, _Mapping]]] = ..., seen_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    first_offset: int
+    def __init__(self, recent: _Optional[_Iterable[_Union[Interaction, _Mapping]]] = ..., seen_item_ids: _Optional[_Iterable[str]] = ..., first_offset: _Optional[int] = ...) -> None: ...
 
 class GetTrendingRequest(_message.Message):
     __slots__ = ("k", "filter", "exclude_item_ids")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frecsys/gateway/v1/gateway.proto\x12\x11recsys.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12*\n\x04type\x18\x04 \x01(\x0e\x32\x1c.recsys.gateway.v1.EventType\x12\r\n\x05value\x18\x05 \x01(\x02\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x10LogEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.recsys.gateway.v1.Event\"N\n\x11LogEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x13\n\x0blast_offset\x18\x03 \x01(\x03\"\x80\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x14\n\x0cinclude_seen\x18\x04 \x01(\x08\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\"j\n\x11RecommendResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.recsys.gateway.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\x08\"\x12\n\x10GetStatusRequest\"\x95\x02\n\x11GetStatusResponse\x12\x17\n\x0fserving_version\x18\x01 \x01(\t\x12\x14\n\x0clive_version\x18\x02 \x01(\t\x12\x18\n\x10previous_version\x18\x03 \x01(\t\x12\x30\n\x0cpublished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etrained_offset\x18\x05 \x01(\x03\x12\x16\n\x0elog_end_offset\x18\x06 \x01(\x03\x12\x15\n\revents_behind\x18\x07 \x01(\x03\x12\x1a\n\x12newest_event_age_s\x18\x08 \x01(\x01\x12\"\n\x1aoldest_missing_event_age_s\x18\t \x01(\x01\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\",\n\x12\x46orgetUserResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x03\"\xbf\x01\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12;\n\nattributes\x18\x05 \x03(\x0b\x32\'.recsys.gateway.v1.Item.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x06\x46ilter\x12\x1a\n\x12include_categories\x18\x01 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x02 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\"=\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0f\n\x07reasons\x18\x03 \x03(\t\"<\n\x12UpsertItemsRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\"\'\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\":\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"T\n\x10GetItemsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\x12\x18\n\x10missing_item_ids\x18\x02 \x03(\t\"\\\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\"D\n\x14SimilarItemsResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.recsys.gateway.v1.ScoredItem*\x9c\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x12\x13\n\x0f\x45VENT_TYPE_RATE\x10\x05\x32\xb7\x06\n\x0eGatewayService\x12\\\n\x0bUpsertItems\x12%.recsys.gateway.v1.UpsertItemsRequest\x1a&.recsys.gateway.v1.UpsertItemsResponse\x12\\\n\x0b\x44\x65leteItems\x12%.recsys.gateway.v1.DeleteItemsRequest\x1a&.recsys.gateway.v1.DeleteItemsResponse\x12S\n\x08GetItems\x12\".recsys.gateway.v1.GetItemsRequest\x1a#.recsys.gateway.v1.GetItemsResponse\x12_\n\x0cSimilarItems\x12&.recsys.gateway.v1.SimilarItemsRequest\x1a\'.recsys.gateway.v1.SimilarItemsResponse\x12V\n\tLogEvents\x12#.recsys.gateway.v1.LogEventsRequest\x1a$.recsys.gateway.v1.LogEventsResponse\x12P\n\x0cStreamEvents\x12\x18.recsys.gateway.v1.Event\x1a$.recsys.gateway.v1.LogEventsResponse(\x01\x12V\n\tRecommend\x12#.recsys.gateway.v1.RecommendRequest\x1a$.recsys.gateway.v1.RecommendResponse\x12Y\n\nForgetUser\x12$.recsys.gateway.v1.ForgetUserRequest\x1a%.recsys.gateway.v1.ForgetUserResponse\x12V\n\tGetStatus\x12#.recsys.gateway.v1.GetStatusRequest\x1a$.recsys.gateway.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frecsys/gateway/v1/gateway.proto\x12\x11recsys.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12*\n\x04type\x18\x04 \x01(\x0e\x32\x1c.recsys.gateway.v1.EventType\x12\r\n\x05value\x18\x05 \x01(\x02\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x10LogEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.recsys.gateway.v1.Event\"N\n\x11LogEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x13\n\x0blast_offset\x18\x03 \x01(\x03\"\x80\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x14\n\x0cinclude_seen\x18\x04 \x01(\x08\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\"j\n\x11RecommendResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.recsys.gateway.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\x08\"\x12\n\x10GetStatusRequest\"\x95\x02\n\x11GetStatusResponse\x12\x17\n\x0fserving_version\x18\x01 \x01(\t\x12\x14\n\x0clive_version\x18\x02 \x01(\t\x12\x18\n\x10previous_version\x18\x03 \x01(\t\x12\x30\n\x0cpublished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etrained_offset\x18\x05 \x01(\x03\x12\x16\n\x0elog_end_offset\x18\x06 \x01(\x03\x12\x15\n\revents_behind\x18\x07 \x01(\x03\x12\x1a\n\x12newest_event_age_s\x18\x08 \x01(\x01\x12\"\n\x1aoldest_missing_event_age_s\x18\t \x01(\x01\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xbf\x01\n\x12\x46orgetUserResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x03\x12\x17\n\x0ftrainer_updated\x18\x02 \x01(\x08\x12\x17\n\x0fmodel_knew_user\x18\x03 \x01(\x08\x12\x1e\n\x16replay_samples_deleted\x18\x04 \x01(\x03\x12 \n\x18model_versions_rewritten\x18\x05 \x01(\x05\x12\x1d\n\x15\x63heckpoints_rewritten\x18\x06 \x01(\x05\"\xbf\x01\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12;\n\nattributes\x18\x05 \x03(\x0b\x32\'.recsys.gateway.v1.Item.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x06\x46ilter\x12\x1a\n\x12include_categories\x18\x01 \x03(\t\x12\x1a\n\x12\x65xclude_categories\x18\x02 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\"=\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0f\n\x07reasons\x18\x03 \x03(\t\"<\n\x12UpsertItemsRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\"\'\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\":\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"T\n\x10GetItemsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\x12\x18\n\x10missing_item_ids\x18\x02 \x03(\t\"\\\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\"D\n\x14SimilarItemsResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.recsys.gateway.v1.ScoredItem*\x9c\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x12\x13\n\x0f\x45VENT_TYPE_RATE\x10\x05\x32\xb7\x06\n\x0eGatewayService\x12\\\n\x0bUpsertItems\x12%.recsys.gateway.v1.UpsertItemsRequest\x1a&.recsys.gateway.v1.UpsertItemsResponse\x12\\\n\x0b\x44\x65leteItems\x12%.recsys.gateway.v1.DeleteItemsRequest\x1a&.recsys.gateway.v1.DeleteItemsResponse\x12S\n\x08GetItems\x12\".recsys.gateway.v1.GetItemsRequest\x1a#.recsys.gateway.v1.GetItemsResponse\x12_\n\x0cSimilarItems\x12&.recsys.gateway.v1.SimilarItemsRequest\x1a\'.recsys.gateway.v1.SimilarItemsResponse\x12V\n\tLogEvents\x12#.recsys.gateway.v1.LogEventsRequest\x1a$.recsys.gateway.v1.LogEventsResponse\x12P\n\x0cStreamEvents\x12\x18.recsys.gateway.v1.Event\x1a$.recsys.gateway.v1.LogEventsResponse(\x01\x12V\n\tRecommend\x12#.recsys.gateway.v1.RecommendRequest\x1a$.recsys.gateway.v1.RecommendResponse\x12Y\n\nForgetUser\x12$.recsys.gateway.v1.ForgetUserRequest\x1a%.recsys.gateway.v1.ForgetUserResponse\x12V\n\tGetStatus\x12#.recsys.gateway.v1.GetStatusRequest\x1a$.recsys.gateway.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ITEM_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_ITEM_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTTYPE']._serialized_start=1863
-  _globals['_EVENTTYPE']._serialized_end=2019
+  _globals['_EVENTTYPE']._serialized_start=2011
+  _globals['_EVENTTYPE']._serialized_end=2167
   _globals['_EVENT']._serialized_start=88
   _globals['_EVENT']._serialized_end=253
   _globals['_LOGEVENTSREQUEST']._serialized_start=255
@@ -52,32 +52,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSRESPONSE']._serialized_end=934
   _globals['_FORGETUSERREQUEST']._serialized_start=936
   _globals['_FORGETUSERREQUEST']._serialized_end=972
-  _globals['_FORGETUSERRESPONSE']._serialized_start=974
-  _globals['_FORGETUSERRESPONSE']._serialized_end=1018
-  _globals['_ITEM']._serialized_start=1021
-  _globals['_ITEM']._serialized_end=1212
-  _globals['_ITEM_ATTRIBUTESENTRY']._serialized_start=1163
-  _globals['_ITEM_ATTRIBUTESENTRY']._serialized_end=1212
-  _globals['_FILTER']._serialized_start=1214
-  _globals['_FILTER']._serialized_end=1304
-  _globals['_SCOREDITEM']._serialized_start=1306
-  _globals['_SCOREDITEM']._serialized_end=1367
-  _globals['_UPSERTITEMSREQUEST']._serialized_start=1369
-  _globals['_UPSERTITEMSREQUEST']._serialized_end=1429
-  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1431
-  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1470
-  _globals['_DELETEITEMSREQUEST']._serialized_start=1472
-  _globals['_DELETEITEMSREQUEST']._serialized_end=1510
-  _globals['_DELETEITEMSRESPONSE']._serialized_start=1512
-  _globals['_DELETEITEMSRESPONSE']._serialized_end=1550
-  _globals['_GETITEMSREQUEST']._serialized_start=1552
-  _globals['_GETITEMSREQUEST']._serialized_end=1610
-  _globals['_GETITEMSRESPONSE']._serialized_start=1612
-  _globals['_GETITEMSRESPONSE']._serialized_end=1696
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=1698
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=1790
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1792
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1860
-  _globals['_GATEWAYSERVICE']._serialized_start=2022
-  _globals['_GATEWAYSERVICE']._serialized_end=2845
+  _globals['_FORGETUSERRESPONSE']._serialized_start=975
+  _globals['_FORGETUSERRESPONSE']._serialized_end=1166
+  _globals['_ITEM']._serialized_start=1169
+  _globals['_ITEM']._serialized_end=1360
+  _globals['_ITEM_ATTRIBUTESENTRY']._serialized_start=1311
+  _globals['_ITEM_ATTRIBUTESENTRY']._serialized_end=1360
+  _globals['_FILTER']._serialized_start=1362
+  _globals['_FILTER']._serialized_end=1452
+  _globals['_SCOREDITEM']._serialized_start=1454
+  _globals['_SCOREDITEM']._serialized_end=1515
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=1517
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=1577
+  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1579
+  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1618
+  _globals['_DELETEITEMSREQUEST']._serialized_start=1620
+  _globals['_DELETEITEMSREQUEST']._serialized_end=1658
+  _globals['_DELETEITEMSRESPONSE']._serialized_start=1660
+  _globals['_DELETEITEMSRESPONSE']._serialized_end=1698
+  _globals['_GETITEMSREQUEST']._serialized_start=1700
+  _globals['_GETITEMSREQUEST']._serialized_end=1758
+  _globals['_GETITEMSRESPONSE']._serialized_start=1760
+  _globals['_GETITEMSRESPONSE']._serialized_end=1844
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=1846
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=1938
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1940
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=2008
+  _globals['_GATEWAYSERVICE']._serialized_start=2170
+  _globals['_GATEWAYSERVICE']._serialized_end=2993
 # @@protoc_insertion_point(module_scope)

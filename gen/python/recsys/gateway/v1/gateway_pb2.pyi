@@ -114,10 +114,20 @@ class ForgetUserRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ...) -> None: ...
 
 class ForgetUserResponse(_message.Message):
-    __slots__ = ("events_deleted",)
+    __slots__ = ("events_deleted", "trainer_updated", "model_knew_user", "replay_samples_deleted", "model_versions_rewritten", "checkpoints_rewritten")
     EVENTS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    TRAINER_UPDATED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_KNEW_USER_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_SAMPLES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSIONS_REWRITTEN_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_REWRITTEN_FIELD_NUMBER: _ClassVar[int]
     events_deleted: int
-    def __init__(self, events_deleted: _Optional[int] = ...) -> None: ...
+    trainer_updated: bool
+    model_knew_user: bool
+    replay_samples_deleted: int
+    model_versions_rewritten: int
+    checkpoints_rewritten: int
+    def __init__(self, events_deleted: _Optional[int] = ..., trainer_updated: _Optional[bool] = ..., model_knew_user: _Optional[bool] = ..., replay_samples_deleted: _Optional[int] = ..., model_versions_rewritten: _Optional[int] = ..., checkpoints_rewritten: _Optional[int] = ...) -> None: ...
 
 class Item(_message.Message):
     __slots__ = ("item_id", "title", "description", "categories", "attributes")

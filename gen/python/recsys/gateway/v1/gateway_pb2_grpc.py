@@ -152,7 +152,12 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ForgetUser(self, request, context):
-        """Deletes the user's events, history and features; later calls treat the id as new.
+        """Deletes the user's events, history and features, and takes the user out of the model:
+        the very next Recommend treats the id as a new user whatever version serves, the
+        continual trainer drops the user's id row, history and replay samples (from memory,
+        every checkpoint and every stored version), and no version published afterwards has a
+        row for it. If a dependency fails part-way (UNAVAILABLE), the call may have done part
+        of this: repeat it, and the repeat completes the rest (events_deleted is then 0).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

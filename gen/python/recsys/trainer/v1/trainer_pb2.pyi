@@ -9,6 +9,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ForgetUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ForgetUserResponse(_message.Message):
+    __slots__ = ("model_knew_user", "replay_samples_deleted", "model_versions_rewritten", "checkpoints_rewritten")
+    MODEL_KNEW_USER_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_SAMPLES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSIONS_REWRITTEN_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_REWRITTEN_FIELD_NUMBER: _ClassVar[int]
+    model_knew_user: bool
+    replay_samples_deleted: int
+    model_versions_rewritten: int
+    checkpoints_rewritten: int
+    def __init__(self, model_knew_user: _Optional[bool] = ..., replay_samples_deleted: _Optional[int] = ..., model_versions_rewritten: _Optional[int] = ..., checkpoints_rewritten: _Optional[int] = ...) -> None: ...
+
 class GetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -54,6 +54,11 @@ class TrainerServiceStub:
                 request_serializer=recsys_dot_trainer_dot_v1_dot_trainer__pb2.RollbackRequest.SerializeToString,
                 response_deserializer=recsys_dot_trainer_dot_v1_dot_trainer__pb2.RollbackResponse.FromString,
                 _registered_method=True)
+        self.ForgetUser = channel.unary_unary(
+                '/recsys.trainer.v1.TrainerService/ForgetUser',
+                request_serializer=recsys_dot_trainer_dot_v1_dot_trainer__pb2.ForgetUserRequest.SerializeToString,
+                response_deserializer=recsys_dot_trainer_dot_v1_dot_trainer__pb2.ForgetUserResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -93,6 +98,17 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForgetUser(self, request, context):
+        """Takes a user out of the model: its id row (zeroed), history, visits and replay
+        samples, from the state in memory, every checkpoint and every stored version, so that
+        no version published after the call has a row for the user and no restart brings it
+        back; a full retrain under way when it arrives loses the user before it is published.
+        The gateway's ForgetUser calls it after the user's events left the log. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +131,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.Rollback,
                     request_deserializer=recsys_dot_trainer_dot_v1_dot_trainer__pb2.RollbackRequest.FromString,
                     response_serializer=recsys_dot_trainer_dot_v1_dot_trainer__pb2.RollbackResponse.SerializeToString,
+            ),
+            'ForgetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetUser,
+                    request_deserializer=recsys_dot_trainer_dot_v1_dot_trainer__pb2.ForgetUserRequest.FromString,
+                    response_serializer=recsys_dot_trainer_dot_v1_dot_trainer__pb2.ForgetUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +246,33 @@ class TrainerService:
             '/recsys.trainer.v1.TrainerService/Rollback',
             recsys_dot_trainer_dot_v1_dot_trainer__pb2.RollbackRequest.SerializeToString,
             recsys_dot_trainer_dot_v1_dot_trainer__pb2.RollbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.trainer.v1.TrainerService/ForgetUser',
+            recsys_dot_trainer_dot_v1_dot_trainer__pb2.ForgetUserRequest.SerializeToString,
+            recsys_dot_trainer_dot_v1_dot_trainer__pb2.ForgetUserResponse.FromString,
             options,
             channel_credentials,
             insecure,
