@@ -20,9 +20,10 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import grpc
 import pytest
@@ -93,28 +94,25 @@ class Report:
     accepted: dict[str, set[str]] = field(default_factory=dict)
 
 
+def _event_ids(message: Any) -> set[str]:
+    return {e.event_id for e in message.events}
+
+
+def _item_ids(message: Any) -> set[str]:
+    return {i.item_id for i in message.items}
+
+
+def _vector_ids(message: Any) -> set[str]:
+    return {f"{message.index}\t{r.item_id}" for r in message.records}
+
+
 # Batch writes whose rejection must leave nothing behind: method -> (what, ids of a request).
-BATCHES = {
-    "recsys.gateway.v1.GatewayService/LogEvents": (
-        "events",
-        lambda m: {e.event_id for e in m.events},
-    ),
-    "recsys.features.v1.FeaturesService/AppendEvents": (
-        "events",
-        lambda m: {e.event_id for e in m.events},
-    ),
-    "recsys.gateway.v1.GatewayService/UpsertItems": (
-        "items",
-        lambda m: {i.item_id for i in m.items},
-    ),
-    "recsys.features.v1.FeaturesService/UpsertItems": (
-        "items",
-        lambda m: {i.item_id for i in m.items},
-    ),
-    "recsys.retrieval.v1.RetrievalService/UpsertVectors": (
-        "vectors",
-        lambda m: {f"{m.index}\t{r.item_id}" for r in m.records},
-    ),
+BATCHES: dict[str, tuple[str, Callable[[Any], set[str]]]] = {
+    "recsys.gateway.v1.GatewayService/LogEvents": ("events", _event_ids),
+    "recsys.features.v1.FeaturesService/AppendEvents": ("events", _event_ids),
+    "recsys.gateway.v1.GatewayService/UpsertItems": ("items", _item_ids),
+    "recsys.features.v1.FeaturesService/UpsertItems": ("items", _item_ids),
+    "recsys.retrieval.v1.RetrievalService/UpsertVectors": ("vectors", _vector_ids),
 }
 
 
