@@ -44,7 +44,7 @@ eval: setup ## Replay MovieLens through the API against baselines; writes docs/e
 
 # In-process, with the trainer's code: continual learning vs full retrain vs a frozen model.
 eval-continual: setup ## Replay MovieLens: continual learning vs full retrain vs frozen; writes docs/eval/continual.*
-	$(PY) tools/continual_offline.py --trending-half-life-s 31536000 --out docs/eval
+	$(PY) -m evaluation.offline_continual --trending-half-life-s 31536000 --out docs/eval
 
 protos: setup ## Regenerate Python code and stubs from protos/ (commit the result)
 	$(VENV)/bin/buf lint
@@ -57,7 +57,7 @@ lint: setup ## Lint protos and Python
 	$(VENV)/bin/ruff format --check .
 
 check: lint ## Lint and type-check
-	$(VENV)/bin/mypy shared services
+	$(VENV)/bin/mypy shared services suite bench evaluation
 
 clean: ## Remove the virtual environment and local service data
 	rm -rf $(VENV) var

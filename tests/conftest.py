@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.suite.launcher import is_serving
+from services.launcher import is_serving
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0

@@ -74,6 +74,19 @@ class IndexStats:
     generation: int
 
 
+def read_stored_index(vectors_db: Path, name: str) -> VectorIndex:
+    """One index as a retrieval service stored it in `vectors_db`, rebuilt in this process
+    (the benchmark's in-process baseline); a running service may hold the store meanwhile."""
+    store = VectorStore(vectors_db)
+    try:
+        ids, vectors, categories = store.load(name)
+    finally:
+        store.close()
+    index = VectorIndex(vectors.shape[1], IndexSettings())
+    index.upsert(ids, vectors, categories)
+    return index
+
+
 def index_name(name: str, field_name: str = "index") -> str:
     """Every request names its index: an empty name is an error, never the content index
     (a DropIndex without a name once dropped the catalogue's vectors)."""

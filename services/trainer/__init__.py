@@ -13,3 +13,52 @@ import os
 if not os.environ.get("RAY_ADDRESS"):
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# The trainer's public surface, for the `recsys` command, the demo, the benchmark and the
+# offline evaluation, which run its training in-process; nothing outside the trainer
+# imports its modules directly.
+from services.trainer.config import TrainerConfig  # noqa: E402
+from services.trainer.continual import (  # noqa: E402
+    ContinualConfig,
+    ContinualLearner,
+    Scores,
+    copy_trained,
+)
+from services.trainer.export import export_repository  # noqa: E402
+from services.trainer.job import JobConfig, JobResult, run_job  # noqa: E402
+from services.trainer.publish import PublishReport, PublishSettings  # noqa: E402
+from services.trainer.sources import read_content, read_events  # noqa: E402
+from services.trainer.training import (  # noqa: E402
+    TrainConfig,
+    TrainedModel,
+    embed_items,
+    embed_users,
+    load_trained,
+    save_trained,
+    train,
+)
+from services.trainer.two_tower import TowerConfig  # noqa: E402
+
+__all__ = [
+    "ContinualConfig",
+    "ContinualLearner",
+    "JobConfig",
+    "JobResult",
+    "PublishReport",
+    "PublishSettings",
+    "Scores",
+    "TowerConfig",
+    "TrainConfig",
+    "TrainedModel",
+    "TrainerConfig",
+    "copy_trained",
+    "embed_items",
+    "embed_users",
+    "export_repository",
+    "load_trained",
+    "read_content",
+    "read_events",
+    "run_job",
+    "save_trained",
+    "train",
+]

@@ -42,8 +42,8 @@ from services.trainer.training import (
     update,
     write_atomically,
 )
+from services.trainer.two_tower import TowerConfig, TwoTowerModel, Vocabulary
 from shared.events import LoggedEvent
-from shared.two_tower import TowerConfig, TwoTowerModel, Vocabulary
 
 IntArray = npt.NDArray[np.int64]
 CHECKPOINT_FILE = "learner.pt"

@@ -7,10 +7,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from services.embedding.repository import TOWERS, Repository, Serving
 from services.trainer.training import load_trained
+from services.trainer.two_tower import export_towers, tower_io
 from shared.model_store import ModelStore
-from shared.two_tower import export_towers, tower_io
+from shared.triton_repository import TOWERS, Repository, Serving
 
 # A GPU takes bigger batches than the CPU here, and waits less for them to form.
 GPU_SERVING = Serving(max_batch_size=1024, queue_delay_us=100, instances=1)

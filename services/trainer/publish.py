@@ -22,7 +22,6 @@ import numpy as np
 
 from recsys.features.v1 import features_pb2, features_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
-from services.embedding.repository import TOWERS, Repository
 from services.trainer.sources import catalogue_pages
 from services.trainer.training import (
     USERS_FILE,
@@ -32,9 +31,10 @@ from services.trainer.training import (
     load_vocabulary,
     save_trained,
 )
+from services.trainer.two_tower import Vocabulary, export_towers, tower_io
 from shared.embedding_client import EmbeddingClient
 from shared.model_store import LiveVersion, ModelStore, index_categories, model_name
-from shared.two_tower import Vocabulary, export_towers, tower_io
+from shared.triton_repository import TOWERS, Repository
 
 log = logging.getLogger(__name__)
 

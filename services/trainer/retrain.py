@@ -21,10 +21,10 @@ from services.trainer.training import (
     load_trained,
     train,
 )
+from services.trainer.two_tower import Vocabulary
 from shared.clients import channel
 from shared.events import LoggedEvent
 from shared.model_store import ModelStore
-from shared.two_tower import Vocabulary
 
 MAX_GATE_EVENTS = 5_000
 

@@ -25,8 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from services.trainer.two_tower import (
+    UNKNOWN_ROW,
+    TowerConfig,
+    TwoTowerModel,
+    Vocabulary,
+    left_padded,
+)
 from shared.events import LoggedEvent, interaction_weight
-from shared.two_tower import UNKNOWN_ROW, TowerConfig, TwoTowerModel, Vocabulary, left_padded
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -63,7 +69,7 @@ class TrainConfig:
     # Newcomer samples per regular one: a recent event shown with no user and no history.
     # The gateway answers a user the model knows nothing about from trending popularity, so
     # these samples teach the items what recent traffic likes rather than serve a vector.
-    # On MovieLens (tools/two_tower_offline.py, 6 blocks) 0.5 instead of 2, with 3 epochs
+    # On MovieLens (-m evaluation.offline_two_tower, 6 blocks) 0.5 instead of 2, with 3 epochs
     # in 90 s instead of 2 in 60 s, lifted NDCG@10 of users with a history from .172 to .185.
     newcomer_share: float = 0.5
     newcomer_window: int = 5000  # newcomer samples come from this many latest events

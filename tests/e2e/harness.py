@@ -12,16 +12,16 @@ from pathlib import Path
 
 import grpc
 
+from bench.memory import ProcessInfo, process_tree, read_processes
 from recsys.features.v1 import features_pb2, features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2_grpc
-from services.suite.client import GatewayClient
-from services.suite.launcher import reap_group
-from services.suite.memory import ProcessInfo, process_tree, read_processes
-from services.suite.movielens import load_movies
+from services.launcher import reap_group
 from shared.catalog import Item
 from shared.convert import event_from_proto
 from shared.events import Event
+from suite.client import GatewayClient
+from suite.datasets import load_movies
 from tests.conftest import HOST, free_port, wait_serving
 
 TOY_STORY, TOY_STORY_2, TOY_STORY_3, JUMANJI = "1", "3114", "78499", "2"

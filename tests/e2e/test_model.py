@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from recsys.gateway.v1 import gateway_pb2 as api
-from services.embedding.repository import read_config
 from services.gateway.reasons import MODEL_REASON, NEW_ITEM_REASON
 from services.trainer.export import export_repository
 from shared.catalog import Item
 from shared.model_store import ModelStore
+from shared.triton_repository import read_config
 from tests.e2e.harness import UserSuite, catalogue
 from tests.e2e.test_events import T0, ids, log, rate, recommend
 

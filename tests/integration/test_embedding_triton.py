@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from services.embedding.config import EmbeddingConfig
-from services.embedding.repository import TOWERS, Repository, model_config, read_config
 from services.embedding.runtime import prepare, server_command
+from services.trainer.two_tower import TowerConfig, TwoTowerModel, export_towers, tower_io
 from shared.embedding_client import ITEM_TOWER, USER_TOWER, EmbeddingClient
-from shared.two_tower import TowerConfig, TwoTowerModel, export_towers, tower_io
+from shared.triton_repository import TOWERS, Repository, model_config, read_config
 from tests.conftest import HOST, free_port
 
 TOWER = TowerConfig(dim=16, content_dim=12, content_hidden=16, history_len=6, feedforward=16)

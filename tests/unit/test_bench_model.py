@@ -7,8 +7,8 @@ import random
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from services.suite.bench_model import TritonCounters, item_samples, recent_by_user, user_samples
-from services.suite.evaluation.interactions import Interaction as Rating
+from bench.model import TritonCounters, item_samples, recent_by_user, user_samples
+from evaluation.interactions import Interaction as Rating
 from shared.events import EventType
 from shared.model_store import ServingInfo
 

@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from services.suite.bench_trainer import (
+from bench.memory import (
+    CLOCK_TICKS,
+    PAGE_BYTES,
+    parse_cpu_seconds,
+    parse_stat,
+    read_processes,
+    suite_cpu_seconds,
+    suite_memory,
+)
+from bench.trainer import (
     LoggedBatch,
     StatusSample,
     TimedCall,
@@ -22,15 +31,6 @@ from services.suite.bench_trainer import (
     parse_published,
     split_by_windows,
     wall_time,
-)
-from services.suite.memory import (
-    CLOCK_TICKS,
-    PAGE_BYTES,
-    parse_cpu_seconds,
-    parse_stat,
-    read_processes,
-    suite_cpu_seconds,
-    suite_memory,
 )
 
 

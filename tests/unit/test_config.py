@@ -24,7 +24,7 @@ def test_gateway_runs_without_a_trainer_when_its_address_is_none() -> None:
 
 
 def test_launcher_names_its_trainer_to_the_gateway_or_none_without_one(tmp_path: Path) -> None:
-    from services.suite.launcher import WITHOUT_TRAINER, SuiteSpec
+    from services.launcher import WITHOUT_TRAINER, SuiteSpec
 
     spec = SuiteSpec.on_free_ports(tmp_path)
     assert spec.env_for("gateway")["RECSYS_GATEWAY_TRAINER_ADDRESS"] == spec.address("trainer")
@@ -74,7 +74,7 @@ def test_trainer_config_defaults_to_loopback_port_50054_and_an_in_process_ray() 
 
 
 def test_suite_services_variable_picks_services_in_start_order() -> None:
-    from services.suite.launcher import SERVICES, SuiteSpec
+    from services.launcher import SERVICES, SuiteSpec
 
     assert SuiteSpec.from_env({}).services == SERVICES
     chosen = SuiteSpec.from_env({"RECSYS_SUITE_SERVICES": "gateway,features"}).services

@@ -22,8 +22,8 @@ from services.trainer.continual import (
     forget_in_checkpoint,
 )
 from services.trainer.training import SampleBuilder, TrainConfig, TrainedModel, train, update
+from services.trainer.two_tower import TowerConfig, Vocabulary
 from shared.events import Event, EventType, LoggedEvent
-from shared.two_tower import TowerConfig, Vocabulary
 
 SMALL = TowerConfig(dim=16, content_dim=8, content_hidden=16, history_len=6, feedforward=32)
 TRAIN = TrainConfig(

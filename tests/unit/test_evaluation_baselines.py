@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from services.suite.evaluation.baselines import (
+from evaluation.baselines import (
     ItemKNN,
     MostPopular,
     RecentlyPopular,
     Recommender,
 )
-from services.suite.evaluation.interactions import Interaction
+from evaluation.interactions import Interaction
 
 
 def events(*pairs: tuple[str, str]) -> list[Interaction]:

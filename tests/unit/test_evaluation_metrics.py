@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from services.suite.evaluation.metrics import BlockScores, gini, hit_at_k, ndcg_at_k, recall_at_k
+from evaluation.metrics import BlockScores, gini, hit_at_k, ndcg_at_k, recall_at_k
 
 SUMMARY_KEYS = {
     "users",

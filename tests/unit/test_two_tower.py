@@ -16,8 +16,7 @@ from services.trainer.training import (
     save_trained,
     train,
 )
-from shared.events import Event, EventType, LoggedEvent
-from shared.two_tower import (
+from services.trainer.two_tower import (
     TowerConfig,
     TwoTowerModel,
     Vocabulary,
@@ -25,6 +24,7 @@ from shared.two_tower import (
     left_padded,
     tower_io,
 )
+from shared.events import Event, EventType, LoggedEvent
 
 SMALL = TowerConfig(dim=16, content_dim=8, content_hidden=16, history_len=6, feedforward=32)
 

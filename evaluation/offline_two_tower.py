@@ -1,8 +1,8 @@
 """Offline replay of the two-tower model on MovieLens, next to the popularity baselines.
 
-    .venv/bin/python tools/two_tower_offline.py                  # 8 blocks, retrained per block
-    .venv/bin/python tools/two_tower_offline.py --warm           # warm-started from the last block
-    .venv/bin/python tools/two_tower_offline.py --blocks 2 --set epochs=2 --set dim=32
+    python -m evaluation.offline_two_tower               # 8 blocks, retrained per block
+    python -m evaluation.offline_two_tower --warm        # warm-started from the last block
+    python -m evaluation.offline_two_tower --blocks 2 --set epochs=2 --set dim=32
 
 Item content vectors come from the text encoder once and are cached (--content-cache).
 """
@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,17 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from services.features.trending import Trending  # noqa: E402
-from services.suite.evaluation import protocols  # noqa: E402
-from services.suite.evaluation.baselines import ItemKNN, MostPopular, RecentlyPopular  # noqa: E402
-from services.suite.evaluation.dataset import Split, load_interactions, split  # noqa: E402
-from services.suite.evaluation.interactions import Interaction  # noqa: E402
-from services.suite.evaluation.metrics import ndcg_at_k  # noqa: E402
-from services.suite.evaluation.subjects import BaselineSubject  # noqa: E402
-from services.suite.movielens import dataset_dir, load_movies  # noqa: E402
-from services.trainer.training import (  # noqa: E402
+from evaluation import protocols
+from evaluation.baselines import ItemKNN, MostPopular, RecentlyPopular
+from evaluation.dataset import Split, load_interactions, split
+from evaluation.interactions import Interaction
+from evaluation.metrics import ndcg_at_k
+from evaluation.subjects import BaselineSubject
+from services.features import Trending
+from services.trainer import (
+    TowerConfig,
     TrainConfig,
     TrainedModel,
     embed_items,
@@ -41,8 +38,8 @@ from services.trainer.training import (  # noqa: E402
     save_trained,
     train,
 )
-from shared.events import Event, EventType, LoggedEvent, interaction_weight  # noqa: E402
-from shared.two_tower import TowerConfig  # noqa: E402
+from shared.events import Event, EventType, LoggedEvent, interaction_weight
+from suite.datasets import dataset_dir, load_movies
 
 SHOWN = ("recall@20", "ndcg@10", "hr@10", "cold_recall@20", "coverage@10")
 
@@ -53,7 +50,7 @@ def item_content(cache: Path) -> dict[str, np.ndarray]:
         ids = json.loads(ids_file.read_text())
         vectors = np.load(cache)
     else:
-        from services.features.encoder import TextEncoder
+        from services.features import TextEncoder
 
         movies = load_movies()
         encoder = TextEncoder(threads=2)

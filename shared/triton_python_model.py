@@ -1,6 +1,6 @@
 """Triton Python-backend model that runs a TorchScript tower: copied into each version
 directory of the local model repository as `model.py`. The official Triton image serves
-the same `model.pt` with its PyTorch backend instead (see repository.py).
+the same `model.pt` with its PyTorch backend instead (see triton_repository.py).
 
 It runs inside Triton's Python stub, which starts the interpreter without the suite's
 virtual environment on sys.path, so the site directories named in the environment are

@@ -39,27 +39,21 @@ import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from bench.events import RecommendCaller, log_concurrently
+from bench.memory import ServiceMemory, SuiteMemory, largest, suite_memory
+from bench.similar_items import ingest
+from bench.timing import CALL_TIMEOUT_S, SEED, K, LatencyStats, connect, print_log_tails
+from evaluation.dataset import load_interactions
+from evaluation.interactions import Interaction
+from evaluation.subjects import event_of
 from recsys.features.v1 import features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2 as api
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from services.suite.bench import (
-    CALL_TIMEOUT_S,
-    SEED,
-    K,
-    LatencyStats,
-    ingest,
-    print_log_tails,
-)
-from services.suite.bench_events import RecommendCaller, connect, log_concurrently
-from services.suite.evaluation.dataset import load_interactions
-from services.suite.evaluation.interactions import Interaction
-from services.suite.evaluation.subjects import event_of
-from services.suite.launcher import SERVICES, Suite, SuiteSpec
-from services.suite.memory import ServiceMemory, SuiteMemory, largest, suite_memory
-from services.suite.movielens import dataset_dir
+from services.launcher import SERVICES, Suite, SuiteSpec
 from shared.catalog import Item
 from shared.events import LoggedEvent
 from shared.model_store import LiveVersion, ModelStore
+from suite.datasets import dataset_dir
 
 HISTORY_EVENTS = 20_000  # logged first, at full speed; the bootstrap learns them
 TRAIN_MAX_SECONDS = 20  # the bootstrap's full retrain
@@ -552,9 +546,7 @@ def learn_in_process(spec: SuiteSpec, version: int) -> InProcessLearning:
     `version` as the live model first, as the trainer does."""
     import torch
 
-    from services.trainer.config import TrainerConfig
-    from services.trainer.continual import ContinualLearner
-    from services.trainer.training import load_trained
+    from services.trainer import ContinualLearner, TrainerConfig, load_trained
 
     config = TrainerConfig.from_env({**os.environ, **TRAINER_ENV})
     weights = ModelStore(spec.model_dir).version_dir(version) / "weights"
@@ -584,7 +576,7 @@ def learn_in_process(spec: SuiteSpec, version: int) -> InProcessLearning:
 async def _read_log(
     address: str, through: int, until: int
 ) -> tuple[list[LoggedEvent], list[LoggedEvent], dict[str, np.ndarray]]:
-    from services.trainer.sources import read_content, read_events
+    from services.trainer import read_content, read_events
     from shared.clients import channel
 
     features_channel = channel(address)

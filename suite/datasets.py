@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shared.catalog import Item
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NO_GENRES = "(no genres listed)"
 MAX_TAGS = 20
 _YEAR = re.compile(r"\((\d{4})\)\s*$")

@@ -3,7 +3,7 @@
 
 Two variants of the same layout and the same `model.pt`:
 - "python": what runs here, on the bundled server that has only the Python backend; each
-  version directory also holds `model.py` (triton_model.py) which loads the TorchScript;
+  version directory also holds `model.py` (triton_python_model.py) which loads the TorchScript;
 - "pytorch_libtorch": for the official Triton image's PyTorch backend on GPU nodes.
 
 Which versions Triton serves is the config's version policy: publishing a version adds it
@@ -26,7 +26,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 TOWERS = ("user_tower", "item_tower")
 MODEL_FILE = "model.pt"
-PYTHON_MODEL = Path(__file__).with_name("triton_model.py")
+PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 Variant = Literal["python", "pytorch_libtorch"]
 
 

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from services.suite.evaluation.dataset import Split
-from services.suite.evaluation.interactions import Interaction
-from services.suite.evaluation.metrics import BlockScores
+from evaluation.dataset import Split
+from evaluation.interactions import Interaction
+from evaluation.metrics import BlockScores
 
 Progress = Callable[[int], None]
 

@@ -1,7 +1,7 @@
 """Continual learning against full retraining and a frozen model, replayed on MovieLens.
 
-    .venv/bin/python tools/continual_offline.py                      # 8 blocks, both protocols
-    .venv/bin/python tools/continual_offline.py --blocks 3 --no-prequential \\
+    python -m evaluation.offline_continual                 # 8 blocks, both protocols
+    python -m evaluation.offline_continual --blocks 3 --no-prequential \\
         --continual lr=1e-3 --continual lr=3e-3,replay_ratio=3       # compare learner settings
 
 Three subjects share one serving emulation (the gateway's model path, see GatewaySubject):
@@ -29,28 +29,28 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from services.features.trending import Trending  # noqa: E402
-from services.suite.evaluation import protocols  # noqa: E402
-from services.suite.evaluation.dataset import Split, load_interactions, split  # noqa: E402
-from services.suite.evaluation.interactions import Interaction  # noqa: E402
-from services.suite.movielens import dataset_dir  # noqa: E402
-from services.trainer.continual import (  # noqa: E402
-    ContinualConfig,
-    ContinualLearner,
-    Scores,
-    copy_trained,
-)
-from services.trainer.training import TrainConfig, TrainedModel, embed_items  # noqa: E402
-from shared.events import LoggedEvent  # noqa: E402
-from shared.two_tower import TowerConfig  # noqa: E402
-from tools.two_tower_offline import (  # noqa: E402
+from evaluation import protocols
+from evaluation.dataset import Split, load_interactions, split
+from evaluation.interactions import Interaction
+from evaluation.offline_two_tower import (
     GatewaySubject,
     TrainedPerBlock,
     item_content,
     logged,
 )
+from services.features import Trending
+from services.trainer import (
+    ContinualConfig,
+    ContinualLearner,
+    Scores,
+    TowerConfig,
+    TrainConfig,
+    TrainedModel,
+    copy_trained,
+    embed_items,
+)
+from shared.events import LoggedEvent
+from suite.datasets import dataset_dir
 
 HISTORY_FRACTION = 0.6
 BLOCKS = 8
@@ -466,7 +466,7 @@ def main() -> int:
     results = {s.name: run(s, data, prequential, args.learn_every) for s in subjects}
     report: dict[str, Any] = {
         "setup": {
-            "command": " ".join(["tools/continual_offline.py", *sys.argv[1:]]),
+            "command": " ".join(["python -m evaluation.offline_continual", *sys.argv[1:]]),
             "interactions": len(interactions),
             "history_fraction": HISTORY_FRACTION,
             "blocks": len(data.blocks),

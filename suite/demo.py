@@ -11,17 +11,15 @@ import time
 import grpc
 from tqdm import tqdm
 
+from evaluation.dataset import load_interactions
+from evaluation.subjects import LOG_BATCH, event_of
 from recsys.gateway.v1 import gateway_pb2 as api
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from services.suite.client import GatewayClient, batches
-from services.suite.evaluation.dataset import load_interactions
-from services.suite.evaluation.subjects import LOG_BATCH, event_of
-from services.suite.launcher import Suite, SuiteSpec, is_serving
-from services.suite.movielens import dataset_dir, load_movies
-from services.trainer.job import JobConfig, run_job
-from services.trainer.publish import PublishSettings
-from services.trainer.training import TrainConfig
+from services.launcher import Suite, SuiteSpec, is_serving, stop_on_signals, supervise
+from services.trainer import JobConfig, PublishSettings, TrainConfig, run_job
 from shared.model_store import ModelStore, model_name
+from suite.client import GatewayClient, batches
+from suite.datasets import dataset_dir, load_movies
 
 # Toy Story, The Matrix, The Godfather, The Fellowship of the Ring, Alien
 SHOWCASE = ("1", "2571", "858", "4993", "1214")
@@ -165,8 +163,6 @@ def run_demo(keep_running: bool = False) -> int:
             suite.stop()
             print("\nStopped the suite the demo started; `make up` runs it until Ctrl-C.")
     if suite is not None and keep_running:
-        from services.suite.cli import stop_on_signals, supervise
-
         return supervise(suite, stop_on_signals())
     return 0
 

@@ -26,16 +26,7 @@ import torch
 import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2
 
-from services.gateway.serving import user_inputs
-from services.suite.bench import (
-    SEED,
-    WARMUP_CALLS,
-    K,
-    LatencyStats,
-    load_content_index,
-    run_callers,
-)
-from services.suite.bench_events import (
+from bench.events import (
     AIM_RECOMMEND_CALLERS,
     AIM_RECOMMEND_P99_MS,
     FALLBACK_SAMPLE,
@@ -44,12 +35,13 @@ from services.suite.bench_events import (
     measure_recommend,
     print_cpu,
     recommend_run_report,
-    verdict,
 )
-from services.suite.evaluation.interactions import Interaction as Rating
-from services.suite.launcher import SuiteSpec
-from services.trainer.job import JobConfig, JobResult, run_job
-from services.trainer.publish import PublishReport, PublishSettings
+from bench.similar_items import load_content_index
+from bench.timing import SEED, WARMUP_CALLS, K, LatencyStats, run_callers, verdict
+from evaluation.interactions import Interaction as Rating
+from services.gateway import user_inputs
+from services.launcher import SuiteSpec
+from services.trainer import JobConfig, JobResult, PublishReport, PublishSettings, run_job
 from shared.embedding_client import ITEM_TOWER, OUTPUT, USER_TOWER
 from shared.events import EventType, Interaction
 from shared.model_store import ModelStore, ServingInfo, model_name

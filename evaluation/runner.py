@@ -18,19 +18,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from services.suite.client import GatewayClient
-from services.suite.evaluation import protocols, report
-from services.suite.evaluation.baselines import ItemKNN, MostPopular, RecentlyPopular, Recommender
-from services.suite.evaluation.dataset import Split, load_interactions, split
-from services.suite.evaluation.protocols import Subject
-from services.suite.evaluation.subjects import BaselineSubject, ModelSuiteSubject, SuiteSubject
-from services.suite.launcher import WITHOUT_TRAINER, Suite, SuiteSpec
-from services.suite.movielens import dataset_dir, load_movies
-from services.trainer.job import JobConfig, run_job
-from services.trainer.publish import PublishSettings
-from services.trainer.training import TrainConfig
+from evaluation import protocols, report
+from evaluation.baselines import ItemKNN, MostPopular, RecentlyPopular, Recommender
+from evaluation.dataset import Split, load_interactions, split
+from evaluation.protocols import Subject
+from evaluation.subjects import BaselineSubject, ModelSuiteSubject, SuiteSubject
+from services.launcher import WITHOUT_TRAINER, Suite, SuiteSpec
+from services.trainer import JobConfig, PublishSettings, TrainConfig, run_job
 from shared.catalog import Item
 from shared.model_store import ModelStore, model_name
+from suite.client import GatewayClient
+from suite.datasets import dataset_dir, load_movies
 
 SUITE_NAME = "suite: content-profile"
 MODEL_NAME = "suite: two-tower (retrained per block)"

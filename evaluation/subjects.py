@@ -7,11 +7,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from evaluation.baselines import Recommender
+from evaluation.interactions import Interaction
 from recsys.gateway.v1 import gateway_pb2 as api
-from services.suite.client import GatewayClient, batches
-from services.suite.evaluation.baselines import Recommender
-from services.suite.evaluation.interactions import Interaction
 from shared.catalog import Item
+from suite.client import GatewayClient, batches
 
 LOG_BATCH = 1_000
 

@@ -6,8 +6,8 @@
 2. Recommend latency through the gateway, at 1 and 8 callers, for users who now have history.
 3. Event to effect: after LogEvents of one fresh rating returns, how long until Recommend
    answers with a list that reflects it.
-4. The model part (services/suite/bench_model.py): a two-tower model trained on the events
-   logged here, its towers in Triton, and Recommend with it serving.
+
+The model part (bench/model.py) follows on the same suite, with the events logged here.
 """
 
 from __future__ import annotations
@@ -23,32 +23,32 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from recsys.gateway.v1 import gateway_pb2 as api
-from services.suite.bench import (
+from bench.memory import suite_cpu_seconds
+from bench.timing import (
     CALL_TIMEOUT_S,
     CALLER_COUNTS,
     SEED,
     WARMUP_CALLS,
     K,
     LatencyStats,
+    connect,
+    percentile_ms,
     run_callers,
+    verdict,
 )
-from services.suite.client import GatewayClient, batches
-from services.suite.evaluation.dataset import load_interactions
-from services.suite.evaluation.interactions import Interaction
-from services.suite.evaluation.subjects import event_of
-from services.suite.launcher import SuiteSpec
-from services.suite.memory import suite_cpu_seconds
-from services.suite.movielens import dataset_dir
+from evaluation.dataset import load_interactions
+from evaluation.interactions import Interaction
+from evaluation.subjects import event_of
+from recsys.gateway.v1 import gateway_pb2 as api
+from services.launcher import SuiteSpec
+from suite.client import batches
+from suite.datasets import dataset_dir
 
 EVENTS_PER_MODE = 40_000  # the first ones go through LogEvents, the next through StreamEvents
 LOG_BATCH = 100
 PRODUCERS = 4
-CONNECT_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 60.0  # one LogEvents batch
 STREAM_TIMEOUT_S = 300.0  # the whole stream
 AIM_EVENTS_PER_S = 5_000.0
@@ -134,21 +134,6 @@ class EffectResult:
     @property
     def aim_met(self) -> bool:
         return self.failures == 0 and self.p99_ms is not None and self.p99_ms < AIM_EFFECT_P99_MS
-
-
-def connect(address: str, timeout_s: float = CALL_TIMEOUT_S) -> GatewayClient:
-    """A client whose channel is already connected, so no timing includes the handshake."""
-    client = GatewayClient(address, timeout_s=timeout_s)
-    try:
-        grpc.channel_ready_future(client.channel).result(timeout=CONNECT_TIMEOUT_S)
-    except BaseException:
-        client.close()
-        raise
-    return client
-
-
-def percentile_ms(seconds: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(seconds) * 1_000.0, q))
 
 
 # ---- 1. durable ingest -----------------------------------------------------------------
@@ -381,10 +366,6 @@ def summarize_effect(trials: Sequence[Trial]) -> EffectResult:
 # ---- report ----------------------------------------------------------------------------
 
 
-def verdict(met: bool) -> str:
-    return "met" if met else "NOT met"
-
-
 def print_ingest(result: IngestResult) -> None:
     print(
         "\nEvents, durable (an ack means fsync'd): MovieLens ratings in time order,"
@@ -517,8 +498,10 @@ def bench_events(
     catalogue_ids: Sequence[str],
     requests: int,
     service_pids: Mapping[str, int],
-) -> dict[str, Any]:
-    """Runs the four parts in order on a suite that holds the catalogue and no events."""
+) -> tuple[dict[str, Any], RecommendResult, list[Interaction]]:
+    """Runs the three parts in order on a suite that holds the catalogue and no events:
+    their report, the Recommend runs and the events replayed (the model part's baseline and
+    training data)."""
     address = spec.address("gateway")
     ratings = dataset_dir() / "ratings.csv"
     interactions = load_interactions(ratings)
@@ -533,8 +516,4 @@ def bench_events(
     effect = measure_effect(address, pick_trials(rated, catalogue_ids, draw))
     print_effect(effect)
     report = build_events_report(ratings, ingest, recommend, effect)
-    # Imported here: the model part builds on this module's Recommend machinery.
-    from services.suite.bench_model import bench_model
-
-    model = bench_model(spec, [*logged, *streamed], recommend, service_pids)
-    return {**report, "model": model}
+    return report, recommend, [*logged, *streamed]

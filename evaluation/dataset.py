@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.suite.evaluation.interactions import Interaction
+from evaluation.interactions import Interaction
 
 _USER_COLUMNS = ("user_id", "userId", "user")
 _ITEM_COLUMNS = ("item_id", "movieId", "itemId", "item")

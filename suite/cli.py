@@ -3,45 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 
-from services.suite.launcher import Suite, SuiteError, SuiteSpec
-
-
-def stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or Ctrl-C; install it before anything starts, so that a
-    signal during start-up still stops what was started."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    return stop
-
-
-def supervise(suite: Suite, stop: threading.Event) -> int:
-    """Keeps a started suite running until `stop` is set, or until a service dies."""
-    print(
-        f"recsys: suite ready; gateway at {suite.spec.address('gateway')},"
-        f" data in {suite.spec.data_dir}. Ctrl-C stops it.",
-        file=sys.stderr,
-        flush=True,
-    )
-    crashed = None
-    while not stop.wait(0.5):
-        crashed = suite.first_exited()
-        if crashed:
-            print(f"recsys: {crashed} exited; stopping the suite", file=sys.stderr)
-            break
-    codes = suite.stop()
-    print(f"recsys: stopped ({', '.join(f'{s}={c}' for s, c in codes.items())})", file=sys.stderr)
-    return 1 if crashed else 0
+from services.launcher import Suite, SuiteError, SuiteSpec, stop_on_signals, supervise
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -56,19 +21,19 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from services.suite.demo import run_demo
+    from suite.demo import run_demo
 
     return run_demo(keep_running=args.keep_running)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from services.suite.bench import run_bench
+    from bench.run import run_bench
 
     return run_bench(requests=args.requests, only=args.only)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from services.suite.evaluation.runner import run_eval
+    from evaluation.runner import run_eval
 
     return run_eval(
         args.ratings,
@@ -84,7 +49,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import asyncio
 
-    from services.trainer.job import JobConfig, run_job
+    from services.trainer import JobConfig, run_job
 
     result = asyncio.run(run_job(JobConfig.from_env(), args.from_offset, not args.no_publish))
     trained = result.trained
@@ -103,7 +68,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from services.trainer.export import export_repository
+    from services.trainer import export_repository
     from shared.config import model_dir
     from shared.model_store import ModelStore
 

@@ -11,10 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 import grpc
@@ -269,3 +271,35 @@ class Suite:
             if process.poll() is not None:
                 return service
         return None
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or Ctrl-C; install it before anything starts, so that a
+    signal during start-up still stops what was started."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def supervise(suite: Suite, stop: threading.Event) -> int:
+    """Keeps a started suite running until `stop` is set, or until a service dies."""
+    print(
+        f"recsys: suite ready; gateway at {suite.spec.address('gateway')},"
+        f" data in {suite.spec.data_dir}. Ctrl-C stops it.",
+        file=sys.stderr,
+        flush=True,
+    )
+    crashed = None
+    while not stop.wait(0.5):
+        crashed = suite.first_exited()
+        if crashed:
+            print(f"recsys: {crashed} exited; stopping the suite", file=sys.stderr)
+            break
+    codes = suite.stop()
+    print(f"recsys: stopped ({', '.join(f'{s}={c}' for s, c in codes.items())})", file=sys.stderr)
+    return 1 if crashed else 0
