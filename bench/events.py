@@ -38,13 +38,10 @@ from bench.timing import (
     run_callers,
     verdict,
 )
-from evaluation.dataset import load_interactions
-from evaluation.interactions import Interaction
-from evaluation.subjects import event_of
 from recsys.gateway.v1 import gateway_pb2 as api
 from services.launcher import SuiteSpec
 from suite.client import batches
-from suite.datasets import dataset_dir
+from suite.datasets import DatasetEvent, dataset_dir, load_interactions
 
 EVENTS_PER_MODE = 40_000  # the first ones go through LogEvents, the next through StreamEvents
 LOG_BATCH = 100
@@ -194,11 +191,11 @@ def stream(address: str, events: Sequence[api.Event]) -> Throughput:
 
 
 def measure_ingest(
-    address: str, logged: Sequence[Interaction], streamed: Sequence[Interaction]
+    address: str, logged: Sequence[DatasetEvent], streamed: Sequence[DatasetEvent]
 ) -> IngestResult:
     # Converted before any clock starts: the producer's own cost is not the suite's.
-    log_events = [event_of(i) for i in logged]
-    stream_events = [event_of(i) for i in streamed]
+    log_events = [i.to_api() for i in logged]
+    stream_events = [i.to_api() for i in streamed]
     print(f"LogEvents: {len(log_events)} events from {PRODUCERS} producers ...", flush=True)
     through_log, acks = log_concurrently(address, log_events)
     print(f"StreamEvents: {len(stream_events)} events on one stream ...", flush=True)
@@ -486,7 +483,7 @@ def build_events_report(
 # ---- the events part -------------------------------------------------------------------
 
 
-def rated_by_user(interactions: Sequence[Interaction]) -> dict[str, set[str]]:
+def rated_by_user(interactions: Sequence[DatasetEvent]) -> dict[str, set[str]]:
     rated: dict[str, set[str]] = defaultdict(set)
     for interaction in interactions:
         rated[interaction.user_id].add(interaction.item_id)
@@ -498,7 +495,7 @@ def bench_events(
     catalogue_ids: Sequence[str],
     requests: int,
     service_pids: Mapping[str, int],
-) -> tuple[dict[str, Any], RecommendResult, list[Interaction]]:
+) -> tuple[dict[str, Any], RecommendResult, list[DatasetEvent]]:
     """Runs the three parts in order on a suite that holds the catalogue and no events:
     their report, the Recommend runs and the events replayed (the model part's baseline and
     training data)."""

@@ -38,13 +38,13 @@ from bench.events import (
 )
 from bench.similar_items import load_content_index
 from bench.timing import SEED, WARMUP_CALLS, K, LatencyStats, run_callers, verdict
-from evaluation.interactions import Interaction as Rating
 from services.gateway import user_inputs
 from services.launcher import SuiteSpec
 from services.trainer import JobConfig, JobResult, PublishReport, PublishSettings, run_job
 from shared.embedding_client import ITEM_TOWER, OUTPUT, USER_TOWER
 from shared.events import EventType, Interaction
 from shared.model_store import ModelStore, ServingInfo, model_name
+from suite.datasets import DatasetEvent
 
 TRAIN_MAX_SECONDS = 60.0
 PUBLISH_GRACE_S = 2.0
@@ -133,7 +133,7 @@ def read_counters(address: str, tower: str, version: int) -> TritonCounters:
 # ---- inputs ------------------------------------------------------------------------------
 
 
-def recent_by_user(ratings: Sequence[Rating], limit: int) -> dict[str, list[Interaction]]:
+def recent_by_user(ratings: Sequence[DatasetEvent], limit: int) -> dict[str, list[Interaction]]:
     """Each user's latest `limit` ratings, newest first, as the features service returns a
     history to the gateway; `ratings` are in log order."""
     history: dict[str, list[Interaction]] = defaultdict(list)
@@ -145,7 +145,7 @@ def recent_by_user(ratings: Sequence[Rating], limit: int) -> dict[str, list[Inte
 
 
 def user_samples(
-    model: ServingInfo, ratings: Sequence[Rating], count: int, draw: random.Random
+    model: ServingInfo, ratings: Sequence[DatasetEvent], count: int, draw: random.Random
 ) -> list[Inputs]:
     """Batch-1 user-tower requests for random users who have a history, built as the
     gateway builds them."""
@@ -409,7 +409,7 @@ class TowerResult:
 
 
 def measure_towers(
-    spec: SuiteSpec, model: ServingInfo, ratings: Sequence[Rating], draw: random.Random
+    spec: SuiteSpec, model: ServingInfo, ratings: Sequence[DatasetEvent], draw: random.Random
 ) -> TowerResult:
     content_index = load_content_index(spec.data_dir / "retrieval" / "vectors.sqlite3")
     vectors = ((i, content_index.vector_of(i)) for i in model.items)
@@ -582,7 +582,7 @@ def build_model_report(
 
 def bench_model(
     spec: SuiteSpec,
-    ratings: Sequence[Rating],
+    ratings: Sequence[DatasetEvent],
     content: RecommendResult,
     service_pids: Mapping[str, int],
 ) -> dict[str, Any]:

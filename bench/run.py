@@ -27,7 +27,7 @@ from bench.similar_items import bench_similar_items
 from bench.timing import CALLER_COUNTS, print_log_tails
 from bench.trainer import bench_trainer
 from services.launcher import WITHOUT_TRAINER, Suite, SuiteError, SuiteSpec
-from shared.catalog import Item
+from shared.items import Item
 from suite.datasets import PROJECT_ROOT, load_movies
 
 LOOPBACK = "127.0.0.1"

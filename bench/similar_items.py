@@ -27,7 +27,7 @@ from bench.timing import (
 )
 from services.launcher import SuiteSpec
 from services.retrieval import VectorIndex, read_stored_index
-from shared.catalog import CONTENT_INDEX, Item, ItemFilter
+from shared.items import CONTENT_INDEX, Item, ItemFilter
 from suite.client import GatewayClient, batches
 
 BATCH = 256

@@ -37,23 +37,19 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from bench.events import RecommendCaller, log_concurrently
 from bench.memory import ServiceMemory, SuiteMemory, largest, suite_memory
 from bench.similar_items import ingest
 from bench.timing import CALL_TIMEOUT_S, SEED, K, LatencyStats, connect, print_log_tails
-from evaluation.dataset import load_interactions
-from evaluation.interactions import Interaction
-from evaluation.subjects import event_of
 from recsys.features.v1 import features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2 as api
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.launcher import SERVICES, Suite, SuiteSpec
-from shared.catalog import Item
 from shared.events import LoggedEvent
+from shared.items import Item
 from shared.model_store import LiveVersion, ModelStore
-from suite.datasets import dataset_dir
+from suite.datasets import DatasetEvent, dataset_dir, load_interactions
 
 HISTORY_EVENTS = 20_000  # logged first, at full speed; the bootstrap learns them
 TRAIN_MAX_SECONDS = 20  # the bootstrap's full retrain
@@ -365,21 +361,12 @@ class Recorder:
 # ---- load ------------------------------------------------------------------------------
 
 
-def rating_now(interaction: Interaction) -> api.Event:
+def rating_now(interaction: DatasetEvent) -> api.Event:
     """A MovieLens rating as if it happened now (a fresh id, so it is never a duplicate)."""
-    now = Timestamp()
-    now.GetCurrentTime()
-    return api.Event(
-        event_id=f"bench-trainer:{uuid.uuid4().hex}",
-        user_id=interaction.user_id,
-        item_id=interaction.item_id,
-        type=api.EVENT_TYPE_RATE,
-        value=interaction.rating,
-        timestamp=now,
-    )
+    return interaction.to_api(f"bench-trainer:{uuid.uuid4().hex}", now=True)
 
 
-def produce_steadily(address: str, source: Sequence[Interaction]) -> list[LoggedBatch]:
+def produce_steadily(address: str, source: Sequence[DatasetEvent]) -> list[LoggedBatch]:
     """LogEvents batches at STEADY_EVENTS_PER_S; a batch that is late goes at once."""
     client = connect(address)
     interval = STEADY_BATCH / STEADY_EVENTS_PER_S
@@ -452,9 +439,9 @@ def wait_served(recorder: Recorder, offset: int, bound_s: float) -> bool:
     return True
 
 
-def bootstrap(spec: SuiteSpec, recorder: Recorder, history: Sequence[Interaction]) -> Bootstrap:
+def bootstrap(spec: SuiteSpec, recorder: Recorder, history: Sequence[DatasetEvent]) -> Bootstrap:
     print(f"Logging {len(history)} MovieLens ratings as history ...", flush=True)
-    log_concurrently(spec.address("gateway"), [event_of(i) for i in history])
+    log_concurrently(spec.address("gateway"), [i.to_api() for i in history])
     started = time.monotonic()
     print(
         f"Waiting for the bootstrap (full retrain, at most {TRAIN_MAX_SECONDS} s, and publish) ...",
@@ -479,7 +466,7 @@ class Steady:
 
 
 def steady(
-    spec: SuiteSpec, recorder: Recorder, source: Sequence[Interaction], users: Sequence[str]
+    spec: SuiteSpec, recorder: Recorder, source: Sequence[DatasetEvent], users: Sequence[str]
 ) -> Steady:
     address = spec.address("gateway")
     print(
@@ -506,7 +493,7 @@ class Burst:
     served_s: float | None  # ... until the gateway served a version holding it
 
 
-def burst(spec: SuiteSpec, recorder: Recorder, source: Sequence[Interaction]) -> Burst:
+def burst(spec: SuiteSpec, recorder: Recorder, source: Sequence[DatasetEvent]) -> Burst:
     print(f"Burst: {len(source)} events at once; timing the trainer's catch-up ...", flush=True)
     log_concurrently(spec.address("gateway"), [rating_now(i) for i in source])
     acked = time.time()
@@ -880,7 +867,7 @@ def build_trainer_report(result: TrainerBench) -> dict[str, Any]:
 # ---- the trainer part ------------------------------------------------------------------
 
 
-def slices(interactions: Sequence[Interaction]) -> tuple[list[Interaction], ...]:
+def slices(interactions: Sequence[DatasetEvent]) -> tuple[list[DatasetEvent], ...]:
     steady_events = int(STEADY_EVENTS_PER_S * STEADY_S)
     history = list(interactions[:HISTORY_EVENTS])
     rest = interactions[HISTORY_EVENTS:]

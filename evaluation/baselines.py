@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import sparse
 
-from evaluation.interactions import Interaction
+from suite.datasets import DatasetEvent
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -24,11 +24,11 @@ BoolArray = npt.NDArray[np.bool_]
 class Recommender(Protocol):
     name: str
 
-    def fit(self, history: Sequence[Interaction]) -> None:
+    def fit(self, history: Sequence[DatasetEvent]) -> None:
         """Replace all state with what the events before the current block say."""
         ...
 
-    def observe(self, event: Interaction) -> None:
+    def observe(self, event: DatasetEvent) -> None:
         """One more event revealed between fits."""
         ...
 
@@ -133,12 +133,12 @@ class MostPopular:
     def __init__(self) -> None:
         self._catalogue = _Catalogue()
 
-    def fit(self, history: Sequence[Interaction]) -> None:
+    def fit(self, history: Sequence[DatasetEvent]) -> None:
         self._catalogue = _Catalogue()
         for event in history:
             self._catalogue.add_count(event.item_id, 1)
 
-    def observe(self, event: Interaction) -> None:
+    def observe(self, event: DatasetEvent) -> None:
         self._catalogue.add_count(event.item_id, 1)
 
     def recommend(self, user_id: str, k: int, exclude: set[str], candidates: set[str]) -> list[str]:
@@ -159,14 +159,14 @@ class RecentlyPopular:
         self._catalogue = _Catalogue()
         self._window: deque[str] = deque()
 
-    def fit(self, history: Sequence[Interaction]) -> None:
+    def fit(self, history: Sequence[DatasetEvent]) -> None:
         self._catalogue = _Catalogue()
         self._window = deque()
         latest = sorted(history, key=lambda event: event.timestamp)[-self._window_size :]
         for event in latest:
             self.observe(event)
 
-    def observe(self, event: Interaction) -> None:
+    def observe(self, event: DatasetEvent) -> None:
         self._window.append(event.item_id)
         self._catalogue.add_count(event.item_id, 1)
         if len(self._window) > self._window_size:
@@ -203,7 +203,7 @@ class ItemKNN:
         self._profiles: dict[str, set[str]] = {}
         self._profile_columns: dict[str, list[int]] = {}
 
-    def fit(self, history: Sequence[Interaction]) -> None:
+    def fit(self, history: Sequence[DatasetEvent]) -> None:
         self._catalogue = _Catalogue(event.item_id for event in history)
         self._fit_items = self._catalogue.size
         self._profiles = {}
@@ -215,7 +215,7 @@ class ItemKNN:
         self._norms = np.sqrt(np.asarray(self._matrix.sum(axis=0), dtype=np.float64).ravel())
         self._pruned_t = None if self._neighbours is None else self._pruned_similarity_t()
 
-    def observe(self, event: Interaction) -> None:
+    def observe(self, event: DatasetEvent) -> None:
         self._catalogue.add_count(event.item_id, 1)
         profile = self._profiles.setdefault(event.user_id, set())
         if event.item_id in profile:

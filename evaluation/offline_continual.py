@@ -30,8 +30,7 @@ from typing import Any
 import torch
 
 from evaluation import protocols
-from evaluation.dataset import Split, load_interactions, split
-from evaluation.interactions import Interaction
+from evaluation.dataset import Split, split
 from evaluation.offline_two_tower import (
     GatewaySubject,
     TrainedPerBlock,
@@ -50,7 +49,7 @@ from services.trainer import (
     embed_items,
 )
 from shared.events import LoggedEvent
-from suite.datasets import dataset_dir
+from suite.datasets import DatasetEvent, dataset_dir, load_interactions
 
 HISTORY_FRACTION = 0.6
 BLOCKS = 8
@@ -70,7 +69,7 @@ FULL, FROZEN = "full retrain", "frozen"
 # training's peak learning rate, picked on all 8 blocks among 0.25, 0.5 and 1 pass; it
 # keeps within a tenth of a full retrain's compute (see the README).
 DEFAULT_CONTINUAL = "passes=1,lr=3e-3"
-ModelAt = Callable[[Sequence[Interaction]], TrainedModel]
+ModelAt = Callable[[Sequence[DatasetEvent]], TrainedModel]
 
 
 class ServedSubject(GatewaySubject):
@@ -91,7 +90,7 @@ class ServedSubject(GatewaySubject):
         self.retrains = retrains
         self.training_seconds: list[float] = []  # per block: spent training since the last
 
-    def start_block(self, history: Sequence[Interaction], new_items: set[str]) -> None:
+    def start_block(self, history: Sequence[DatasetEvent], new_items: set[str]) -> None:
         self.block += 1
         self.trending = Trending(self.trending.half_life_s)
         self._histories = {}
@@ -136,7 +135,7 @@ class ContinualSubject(ServedSubject):
         self,
         name: str,
         models: TrainedPerBlock,
-        first: Sequence[Interaction],
+        first: Sequence[DatasetEvent],
         config: ContinualConfig,
         train_config: TrainConfig,
         learn_every: int,
@@ -155,7 +154,7 @@ class ContinualSubject(ServedSubject):
         self.scoring_seconds = 0.0
         self.steps = 0
 
-    def _model_at(self, history: Sequence[Interaction]) -> TrainedModel:
+    def _model_at(self, history: Sequence[DatasetEvent]) -> TrainedModel:
         if len(history) == len(self.first):
             self._restart(history)
         else:
@@ -168,7 +167,7 @@ class ContinualSubject(ServedSubject):
         spent, self.learn_seconds = self.learn_seconds, 0.0
         return spent
 
-    def _restart(self, history: Sequence[Interaction]) -> None:
+    def _restart(self, history: Sequence[DatasetEvent]) -> None:
         self.events = logged(history)
         self.learned = len(self.events)
         existing = {e.item_id for e in history}
@@ -180,14 +179,14 @@ class ContinualSubject(ServedSubject):
         self.learn_seconds = self.scoring_seconds = 0.0
         self.steps = 0
 
-    def start_block(self, history: Sequence[Interaction], new_items: set[str]) -> None:
+    def start_block(self, history: Sequence[DatasetEvent], new_items: set[str]) -> None:
         """The block's new items join the catalogue the learner draws negatives from."""
         super().start_block(history, new_items)
         assert self.learner is not None
         content = self.models.content
         self.learner.add_content({i: content[i] for i in new_items if i in content})
 
-    def _append(self, interactions: Sequence[Interaction]) -> None:
+    def _append(self, interactions: Sequence[DatasetEvent]) -> None:
         start = len(self.events)
         for n, event in enumerate(logged(interactions)):
             self.events.append(dataclasses.replace(event, offset=start + n + 1))
@@ -207,7 +206,7 @@ class ContinualSubject(ServedSubject):
         self.trained = learner.trained
         self._embed()
 
-    def reveal(self, events: Sequence[Interaction]) -> None:
+    def reveal(self, events: Sequence[DatasetEvent]) -> None:
         super().reveal(events)
         self._append(events)
         if len(self.events) - self.learned >= self.learn_every:

@@ -23,9 +23,7 @@ import torch
 
 from evaluation import protocols
 from evaluation.baselines import ItemKNN, MostPopular, RecentlyPopular
-from evaluation.dataset import Split, load_interactions, split
-from evaluation.interactions import Interaction
-from evaluation.metrics import ndcg_at_k
+from evaluation.dataset import Split, split
 from evaluation.subjects import BaselineSubject
 from services.features import Trending
 from services.trainer import (
@@ -38,8 +36,9 @@ from services.trainer import (
     save_trained,
     train,
 )
-from shared.events import Event, EventType, LoggedEvent, interaction_weight
-from suite.datasets import dataset_dir, load_movies
+from shared.events import EventType, LoggedEvent, interaction_weight
+from shared.ranking_metrics import ndcg_at_k
+from suite.datasets import DatasetEvent, dataset_dir, load_interactions, load_movies
 
 SHOWN = ("recall@20", "ndcg@10", "hr@10", "cold_recall@20", "coverage@10")
 
@@ -62,21 +61,8 @@ def item_content(cache: Path) -> dict[str, np.ndarray]:
     return dict(zip(ids, vectors, strict=True))
 
 
-def logged(events: Sequence[Interaction]) -> list[LoggedEvent]:
-    return [
-        LoggedEvent(
-            n + 1,
-            Event(
-                f"{e.user_id}:{e.item_id}",
-                e.user_id,
-                e.item_id,
-                EventType.RATE,
-                e.rating,
-                e.timestamp,
-            ),
-        )
-        for n, e in enumerate(events)
-    ]
+def logged(events: Sequence[DatasetEvent]) -> list[LoggedEvent]:
+    return [LoggedEvent(n + 1, e.to_event()) for n, e in enumerate(events)]
 
 
 class TwoTowerSubject:
@@ -105,7 +91,7 @@ class TwoTowerSubject:
         self._item_vectors = np.zeros((0, 1), dtype=np.float32)
         self._column: dict[str, int] = {}
 
-    def start_block(self, history: Sequence[Interaction], new_items: set[str]) -> None:
+    def start_block(self, history: Sequence[DatasetEvent], new_items: set[str]) -> None:
         existing = sorted({e.item_id for e in history} | new_items)
         catalogue = {i: self.content[i] for i in existing if i in self.content}
         self.block += 1
@@ -136,7 +122,7 @@ class TwoTowerSubject:
             flush=True,
         )
 
-    def _remember(self, event: Interaction) -> None:
+    def _remember(self, event: DatasetEvent) -> None:
         weight = interaction_weight(EventType.RATE, event.rating)
         self._histories.setdefault(event.user_id, []).append((event.item_id, weight))
 
@@ -156,7 +142,7 @@ class TwoTowerSubject:
         best = best[np.argsort(-scores[best], kind="stable")]
         return [self._items[c] for c in best if np.isfinite(scores[c])]
 
-    def reveal(self, events: Sequence[Interaction]) -> None:
+    def reveal(self, events: Sequence[DatasetEvent]) -> None:
         for event in events:
             self._remember(event)
         self._user_vectors = {}  # the next request sees the new history, without retraining
@@ -181,7 +167,7 @@ class TrainedPerBlock:
         self.cache.mkdir(parents=True, exist_ok=True)
         (self.cache / "settings.json").write_text(key)
 
-    def get(self, history: Sequence[Interaction]) -> TrainedModel:
+    def get(self, history: Sequence[DatasetEvent]) -> TrainedModel:
         directory = self.cache / f"through-{len(history)}"
         if (directory / "config.json").exists():
             return load_trained(directory)
@@ -241,7 +227,7 @@ class GatewaySubject:
         self._column: dict[str, int] = {}
         self._item_vectors = np.zeros((0, 1), dtype=np.float32)
 
-    def start_block(self, history: Sequence[Interaction], new_items: set[str]) -> None:
+    def start_block(self, history: Sequence[DatasetEvent], new_items: set[str]) -> None:
         self.block += 1
         self.trending = Trending(self.trending.half_life_s)
         self._histories = {}
@@ -260,13 +246,11 @@ class GatewaySubject:
             norms = np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-9)
             self._content = (matrix / norms).astype(np.float32)
 
-    def _remember(self, event: Interaction) -> None:
+    def _remember(self, event: DatasetEvent) -> None:
         weight = interaction_weight(EventType.RATE, event.rating)
         self._histories.setdefault(event.user_id, []).append((event.item_id, weight))
         self._stamps.setdefault(event.user_id, []).append(event.timestamp)
-        self.trending.add(
-            [Event("", event.user_id, event.item_id, EventType.RATE, event.rating, event.timestamp)]
-        )
+        self.trending.add([event.to_event()])
 
     def recommend(self, user_id: str, k: int, seen: set[str], existing: set[str]) -> list[str]:
         assert self.trained is not None
@@ -321,7 +305,7 @@ class GatewaySubject:
                 vector += weight * 0.5 ** (age / self.profile_half_life_s) * self._content[column]
         return vector / max(float(np.linalg.norm(vector)), 1e-9)
 
-    def reveal(self, events: Sequence[Interaction]) -> None:
+    def reveal(self, events: Sequence[DatasetEvent]) -> None:
         for event in events:
             self._remember(event)
 
@@ -363,7 +347,7 @@ class Recording:
         self.name = subject.name
         self.rankings: list[dict[str, tuple[list[str], bool]]] = []
 
-    def start_block(self, history: Sequence[Interaction], new_items: set[str]) -> None:
+    def start_block(self, history: Sequence[DatasetEvent], new_items: set[str]) -> None:
         self.rankings.append({})
         self.subject.start_block(history, new_items)
 
@@ -372,7 +356,7 @@ class Recording:
         self.rankings[-1][user_id] = (ranked, not seen)
         return ranked
 
-    def reveal(self, events: Sequence[Interaction]) -> None:
+    def reveal(self, events: Sequence[DatasetEvent]) -> None:
         self.subject.reveal(events)
 
     def by_kind(self, data: Split) -> dict[str, float]:

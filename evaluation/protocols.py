@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from evaluation.dataset import Split
-from evaluation.interactions import Interaction
 from evaluation.metrics import BlockScores
+from suite.datasets import DatasetEvent
 
 Progress = Callable[[int], None]
 
@@ -27,14 +27,14 @@ class Subject(Protocol):
 
     name: str
 
-    def start_block(self, history: Sequence[Interaction], new_items: set[str]) -> None: ...
+    def start_block(self, history: Sequence[DatasetEvent], new_items: set[str]) -> None: ...
 
     def recommend(self, user_id: str, k: int, seen: set[str], existing: set[str]) -> list[str]: ...
 
-    def reveal(self, events: Sequence[Interaction]) -> None: ...
+    def reveal(self, events: Sequence[DatasetEvent]) -> None: ...
 
 
-def _seen_by_user(events: Sequence[Interaction]) -> dict[str, set[str]]:
+def _seen_by_user(events: Sequence[DatasetEvent]) -> dict[str, set[str]]:
     seen: dict[str, set[str]] = defaultdict(set)
     for event in events:
         seen[event.user_id].add(event.item_id)
@@ -57,7 +57,9 @@ class Replay:
     existing: set[str]
 
 
-def _blocks(subject: Subject, split: Split) -> Iterator[tuple[list[Interaction], set[str], Replay]]:
+def _blocks(
+    subject: Subject, split: Split
+) -> Iterator[tuple[list[DatasetEvent], set[str], Replay]]:
     """Each block with its new items, after the subject was told the block starts."""
     state = Replay(_seen_by_user(split.history), {e.item_id for e in split.history})
     for number, (block, new_items) in enumerate(

@@ -20,15 +20,15 @@ from tqdm import tqdm
 
 from evaluation import protocols, report
 from evaluation.baselines import ItemKNN, MostPopular, RecentlyPopular, Recommender
-from evaluation.dataset import Split, load_interactions, split
+from evaluation.dataset import Split, split
 from evaluation.protocols import Subject
 from evaluation.subjects import BaselineSubject, ModelSuiteSubject, SuiteSubject
 from services.launcher import WITHOUT_TRAINER, Suite, SuiteSpec
 from services.trainer import JobConfig, PublishSettings, TrainConfig, run_job
-from shared.catalog import Item
+from shared.items import Item
 from shared.model_store import ModelStore, model_name
 from suite.client import GatewayClient
-from suite.datasets import dataset_dir, load_movies
+from suite.datasets import dataset_dir, load_interactions, load_movies
 
 SUITE_NAME = "suite: content-profile"
 MODEL_NAME = "suite: two-tower (retrained per block)"

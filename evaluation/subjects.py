@@ -5,27 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from evaluation.baselines import Recommender
-from evaluation.interactions import Interaction
 from recsys.gateway.v1 import gateway_pb2 as api
-from shared.catalog import Item
+from shared.items import Item
 from suite.client import GatewayClient, batches
+from suite.datasets import DatasetEvent
 
 LOG_BATCH = 1_000
-
-
-def event_of(interaction: Interaction) -> api.Event:
-    seconds = int(interaction.timestamp)
-    return api.Event(
-        event_id=f"{interaction.user_id}:{interaction.item_id}:{interaction.timestamp}",
-        user_id=interaction.user_id,
-        item_id=interaction.item_id,
-        type=api.EVENT_TYPE_RATE,
-        value=interaction.rating,
-        timestamp=Timestamp(seconds=seconds, nanos=int((interaction.timestamp - seconds) * 1e9)),
-    )
 
 
 class SuiteSubject:
@@ -36,7 +22,7 @@ class SuiteSubject:
         self.catalogue = catalogue
         self.name = name
 
-    def start_block(self, history: Sequence[Interaction], new_items: set[str]) -> None:
+    def start_block(self, history: Sequence[DatasetEvent], new_items: set[str]) -> None:
         self.add_items(new_items)
 
     def add_items(self, item_ids: set[str]) -> None:
@@ -49,9 +35,9 @@ class SuiteSubject:
         reply = self.client.stub.Recommend(request, timeout=self.client.timeout_s)
         return [item.item_id for item in reply.items]
 
-    def reveal(self, events: Sequence[Interaction]) -> None:
+    def reveal(self, events: Sequence[DatasetEvent]) -> None:
         for chunk in batches(events, LOG_BATCH):
-            request = api.LogEventsRequest(events=[event_of(e) for e in chunk])
+            request = api.LogEventsRequest(events=[e.to_api() for e in chunk])
             self.client.stub.LogEvents(request, timeout=60)
 
 
@@ -71,7 +57,7 @@ class ModelSuiteSubject(SuiteSubject):
         self.train_and_publish = train_and_publish
         self.trainings = 0
 
-    def start_block(self, history: Sequence[Interaction], new_items: set[str]) -> None:
+    def start_block(self, history: Sequence[DatasetEvent], new_items: set[str]) -> None:
         self.add_items(new_items)
         version = self.train_and_publish()
         self.trainings += 1
@@ -92,12 +78,12 @@ class BaselineSubject:
         self.recommender = recommender
         self.name = recommender.name
 
-    def start_block(self, history: Sequence[Interaction], new_items: set[str]) -> None:
+    def start_block(self, history: Sequence[DatasetEvent], new_items: set[str]) -> None:
         self.recommender.fit(history)
 
     def recommend(self, user_id: str, k: int, seen: set[str], existing: set[str]) -> list[str]:
         return self.recommender.recommend(user_id, k, seen, existing)
 
-    def reveal(self, events: Sequence[Interaction]) -> None:
+    def reveal(self, events: Sequence[DatasetEvent]) -> None:
         for event in events:
             self.recommender.observe(event)

@@ -22,27 +22,20 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared.config import DEFAULT_HOST, NO_ADDRESS, Env, data_root
+from shared.config import (
+    DEFAULT_HOST,
+    DEFAULT_METRICS_PORTS,
+    DEFAULT_PORTS,
+    NO_ADDRESS,
+    Env,
+    data_root,
+)
 
 # Start order: the gateway last, since it is ready only once the others are.
 SERVICES = ("features", "retrieval", "embedding", "trainer", "gateway")
 # Without the continual trainer: models come only from explicit `recsys train` jobs.
 WITHOUT_TRAINER = tuple(s for s in SERVICES if s != "trainer")
-DEFAULT_PORTS = {
-    "gateway": 50051,
-    "features": 50052,
-    "retrieval": 50053,
-    "trainer": 50054,
-    "embedding": 50055,
-}
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-DEFAULT_METRICS_PORTS = {
-    "gateway": 9151,
-    "features": 9152,
-    "retrieval": 9153,
-    "trainer": 9154,
-    "embedding": 9155,
-}
 
 
 @dataclass(frozen=True)

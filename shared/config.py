@@ -15,6 +15,26 @@ from pathlib import Path
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DATA_DIR = "var"
 NO_ADDRESS = "none"  # a dependency's address when it is not deployed
+# The one table of default ports: each service's gRPC port and its Prometheus endpoint's.
+DEFAULT_PORTS = {
+    "gateway": 50051,
+    "features": 50052,
+    "retrieval": 50053,
+    "trainer": 50054,
+    "embedding": 50055,
+}
+DEFAULT_METRICS_PORTS = {
+    "gateway": 9151,
+    "features": 9152,
+    "retrieval": 9153,
+    "trainer": 9154,
+    "embedding": 9155,
+}
+
+
+def default_address(service: str) -> str:
+    """Where `service` listens when nothing is configured: this machine, its default port."""
+    return f"{DEFAULT_HOST}:{DEFAULT_PORTS[service]}"
 
 
 class ConfigError(ValueError):
@@ -100,7 +120,8 @@ class ServerConfig:
     grace_s: float
 
     @classmethod
-    def from_env(cls, env: Env, port: int, metrics_port: int) -> ServerConfig:
+    def from_env(cls, env: Env, service: str) -> ServerConfig:
+        port, metrics_port = DEFAULT_PORTS[service], DEFAULT_METRICS_PORTS[service]
         return cls(
             host=env.string("HOST", DEFAULT_HOST),
             port=env.integer("PORT", port, minimum=0, maximum=65535),

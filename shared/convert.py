@@ -10,9 +10,9 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsys.gateway.v1 import gateway_pb2
-from shared.catalog import Item, ItemFilter
 from shared.errors import InvalidArgument
 from shared.events import Event, Interaction, event_type
+from shared.items import Item, ItemFilter
 
 
 def item_from_proto(message: gateway_pb2.Item) -> Item:

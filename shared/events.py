@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from shared.catalog import validate_id
 from shared.errors import InvalidArgument
+from shared.items import validate_id
 
 MAX_EVENTS_PER_REQUEST = 10_000
 MAX_FUTURE_S = 24 * 3600.0

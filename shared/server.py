@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -140,14 +140,18 @@ class GrpcService:
         await self.serve()
 
 
-def run_main(
-    name: str, load_config: Callable[[], C], serve: Callable[[C], Coroutine[Any, Any, None]]
-) -> None:
+def run_main(name: str, load_config: Callable[[], C], build: Callable[[C], GrpcService]) -> None:
     """A service's entry point: JSON logs, config from the environment (a bad value stops
-    the process with a message naming the variable), then serve until SIGTERM."""
+    the process with a message naming the variable), then build the service and serve it
+    until SIGTERM."""
     logs.configure(name)
     try:
         config = load_config()
     except ConfigError as error:
         raise SystemExit(f"{name}: {error}") from None
-    asyncio.run(serve(config))
+
+    async def serve() -> None:
+        # Built inside the running loop: gRPC aio servers and channels belong to their loop.
+        await build(config).run_until_signal()
+
+    asyncio.run(serve())

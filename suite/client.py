@@ -8,8 +8,8 @@ from typing import TypeVar
 import grpc
 
 from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from shared.catalog import Item
 from shared.convert import item_to_proto
+from shared.items import Item
 
 T = TypeVar("T")
 

@@ -11,15 +11,14 @@ import time
 import grpc
 from tqdm import tqdm
 
-from evaluation.dataset import load_interactions
-from evaluation.subjects import LOG_BATCH, event_of
+from evaluation.subjects import LOG_BATCH
 from recsys.gateway.v1 import gateway_pb2 as api
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.launcher import Suite, SuiteSpec, is_serving, stop_on_signals, supervise
 from services.trainer import JobConfig, PublishSettings, TrainConfig, run_job
 from shared.model_store import ModelStore, model_name
 from suite.client import GatewayClient, batches
-from suite.datasets import dataset_dir, load_movies
+from suite.datasets import dataset_dir, load_interactions, load_movies
 
 # Toy Story, The Matrix, The Godfather, The Fellowship of the Ring, Alien
 SHOWCASE = ("1", "2571", "858", "4993", "1214")
@@ -52,7 +51,7 @@ def load_ratings(client: GatewayClient) -> tuple[int, int]:
     last = 0
     with tqdm(total=len(ratings), desc="LogEvents", unit="event") as progress:
         for batch in batches(ratings, LOG_BATCH):
-            request = api.LogEventsRequest(events=[event_of(r) for r in batch])
+            request = api.LogEventsRequest(events=[r.to_api() for r in batch])
             last = client.stub.LogEvents(request, timeout=60).last_offset
             progress.update(len(batch))
     return len(ratings), last

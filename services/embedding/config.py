@@ -4,7 +4,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.config import DEFAULT_HOST, Env, data_root, model_dir
+from shared.config import (
+    DEFAULT_HOST,
+    DEFAULT_METRICS_PORTS,
+    DEFAULT_PORTS,
+    Env,
+    data_root,
+    model_dir,
+)
 
 PREFIX = "RECSYS_EMBEDDING_"
 
@@ -25,8 +32,10 @@ class EmbeddingConfig:
         env = Env(PREFIX, environ)
         return cls(
             host=env.string("HOST", DEFAULT_HOST),
-            port=env.integer("PORT", 50055, minimum=1, maximum=65535),
-            metrics_port=env.integer("METRICS_PORT", 9155, minimum=0, maximum=65535),
+            port=env.integer("PORT", DEFAULT_PORTS["embedding"], minimum=1, maximum=65535),
+            metrics_port=env.integer(
+                "METRICS_PORT", DEFAULT_METRICS_PORTS["embedding"], minimum=0, maximum=65535
+            ),
             runtime_dir=env.path("DATA_DIR", data_root(environ) / "embedding"),
             repository=env.path("REPOSITORY", model_dir(environ) / "triton"),
             grace_s=env.number("SHUTDOWN_GRACE_S", 10.0),

@@ -43,13 +43,8 @@ def build(config: FeaturesConfig) -> GrpcService:
     return GrpcService("features", config.server, [binding], startup, shutdown)
 
 
-async def _serve(config: FeaturesConfig) -> None:
-    # Built inside the running loop: gRPC aio servers and channels belong to their loop.
-    await build(config).run_until_signal()
-
-
 def main() -> None:
-    run_main("features", FeaturesConfig.from_env, _serve)
+    run_main("features", FeaturesConfig.from_env, build)
 
 
 if __name__ == "__main__":

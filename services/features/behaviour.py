@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from services.features.event_log import AppendResult, SqliteEventLog
 from services.features.trending import Trending
 from shared.batching import Batched
-from shared.catalog import ItemFilter, validate_id, validate_k
 from shared.errors import InvalidArgument
 from shared.events import Event, Interaction, LoggedEvent
+from shared.items import ItemFilter, validate_id, validate_k
 
 MAX_HISTORY = 1_000
 MAX_SEEN = 20_000

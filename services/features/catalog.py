@@ -10,8 +10,8 @@ import numpy as np
 
 from services.features.catalog_store import CatalogStore, StoredItem
 from services.features.encoder import TextEncoder
-from shared.catalog import MAX_BATCH, Item, validate_ids, validate_items
 from shared.errors import InvalidArgument, NotFound
+from shared.items import MAX_BATCH, Item, validate_ids, validate_items
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.catalog import Item
+from shared.items import Item
 from shared.sqlite_store import SqliteStore, chunks
 
 _SCHEMA = """

@@ -21,7 +21,7 @@ class FeaturesConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FeaturesConfig:
         env = Env(PREFIX, environ)
         return cls(
-            server=ServerConfig.from_env(env, port=50052, metrics_port=9152),
+            server=ServerConfig.from_env(env, "features"),
             data_dir=env.path("DATA_DIR", data_root(environ) / "features"),
             encode_batch_size=env.integer("ENCODE_BATCH_SIZE", 64, minimum=1, maximum=4096),
             torch_threads=env.integer("TORCH_THREADS", 0, minimum=0, maximum=256),

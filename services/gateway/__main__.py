@@ -101,13 +101,8 @@ class Gateway:
         await self.embedding.close()
 
 
-async def _serve(config: GatewayConfig) -> None:
-    # Built inside the running loop: gRPC aio servers and channels belong to their loop.
-    await Gateway(config).service.run_until_signal()
-
-
 def main() -> None:
-    run_main("gateway", GatewayConfig.from_env, _serve)
+    run_main("gateway", GatewayConfig.from_env, lambda config: Gateway(config).service)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.config import Env, ServerConfig, model_dir
+from shared.config import Env, ServerConfig, default_address, model_dir
 
 PREFIX = "RECSYS_GATEWAY_"
 
@@ -33,21 +33,21 @@ class GatewayConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
         env = Env(PREFIX, environ)
         return cls(
-            server=ServerConfig.from_env(env, port=50051, metrics_port=9151),
-            features_address=env.address("FEATURES_ADDRESS", "127.0.0.1:50052"),
-            retrieval_address=env.address("RETRIEVAL_ADDRESS", "127.0.0.1:50053"),
+            server=ServerConfig.from_env(env, "gateway"),
+            features_address=env.address("FEATURES_ADDRESS", default_address("features")),
+            retrieval_address=env.address("RETRIEVAL_ADDRESS", default_address("retrieval")),
             call_timeout_s=env.number("CALL_TIMEOUT_S", 2.0, minimum=0.01),
             write_timeout_s=env.number("WRITE_TIMEOUT_S", 120.0, minimum=0.1),
             recent_history=env.integer("RECENT_HISTORY", 50, minimum=1, maximum=1000),
             profile_half_life_s=env.number("PROFILE_HALF_LIFE_S", 7 * 24 * 3600.0, minimum=1.0),
             popularity_weight=env.number("POPULARITY_WEIGHT", 1.0, minimum=0.0),
             trending_candidates=env.integer("TRENDING_CANDIDATES", 200, minimum=1, maximum=1000),
-            embedding_address=env.address("EMBEDDING_ADDRESS", "127.0.0.1:50055"),
+            embedding_address=env.address("EMBEDDING_ADDRESS", default_address("embedding")),
             model_dir=model_dir(environ),
             model_poll_s=env.number("MODEL_POLL_S", 0.5, minimum=0.01),
             embedding_timeout_s=env.number("EMBEDDING_TIMEOUT_S", 0.5, minimum=0.001),
             model_popularity_weight=env.number("MODEL_POPULARITY_WEIGHT", 1.0, minimum=0.0),
             model_content_weight=env.number("MODEL_CONTENT_WEIGHT", 1.0, minimum=0.0),
             new_item_share=env.number("NEW_ITEM_SHARE", 0.1, minimum=0.0, maximum=1.0),
-            trainer_address=env.optional_address("TRAINER_ADDRESS", "127.0.0.1:50054"),
+            trainer_address=env.optional_address("TRAINER_ADDRESS", default_address("trainer")),
         )

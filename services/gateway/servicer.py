@@ -26,7 +26,6 @@ from services.gateway.reasons import (
 )
 from services.gateway.serving import ServingModel, user_inputs
 from services.gateway.status import Status, freshness
-from shared.catalog import CONTENT_INDEX, validate_id, validate_ids, validate_items, validate_k
 from shared.clients import deadline
 from shared.convert import (
     event_to_proto,
@@ -41,6 +40,7 @@ from shared.convert import (
 from shared.embedding_client import EmbeddingClient, EmbeddingUnavailable
 from shared.errors import InvalidArgument, Unavailable
 from shared.events import Event, Interaction, validate_events
+from shared.items import CONTENT_INDEX, validate_id, validate_ids, validate_items, validate_k
 from shared.model_store import UNLEARNED_CATEGORY, LiveVersion, ServingInfo, index_categories
 
 # What answers Recommend until a trained model is published.

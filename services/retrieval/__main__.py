@@ -57,13 +57,8 @@ def build(config: RetrievalConfig) -> GrpcService:
     return GrpcService("retrieval", config.server, [binding], startup, shutdown)
 
 
-async def _serve(config: RetrievalConfig) -> None:
-    # Built inside the running loop: gRPC aio servers and channels belong to their loop.
-    await build(config).run_until_signal()
-
-
 def main() -> None:
-    run_main("retrieval", RetrievalConfig.from_env, _serve)
+    run_main("retrieval", RetrievalConfig.from_env, build)
 
 
 if __name__ == "__main__":

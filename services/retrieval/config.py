@@ -23,7 +23,7 @@ class RetrievalConfig:
         env = Env(PREFIX, environ)
         defaults = IndexSettings()
         return cls(
-            server=ServerConfig.from_env(env, port=50053, metrics_port=9153),
+            server=ServerConfig.from_env(env, "retrieval"),
             data_dir=env.path("DATA_DIR", data_root(environ) / "retrieval"),
             index=IndexSettings(
                 hnsw_threshold=env.integer("HNSW_THRESHOLD", defaults.hnsw_threshold, minimum=1),

@@ -23,7 +23,8 @@ import numpy as np
 
 from services.retrieval.vector_index import Hit, IndexSettings, VectorIndex, hybrid_search
 from services.retrieval.vector_store import VectorStore
-from shared.catalog import (
+from shared.errors import InvalidArgument, NotFound
+from shared.items import (
     CONTENT_INDEX,
     ItemFilter,
     validate_batch_size,
@@ -31,7 +32,6 @@ from shared.catalog import (
     validate_ids,
     validate_k,
 )
-from shared.errors import InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 

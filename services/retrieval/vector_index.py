@@ -15,7 +15,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from shared.catalog import ItemFilter
+from shared.items import ItemFilter
 
 FLAT = "flat"
 HNSW = "hnsw"

@@ -18,17 +18,15 @@ if not os.environ.get("RAY_ADDRESS"):
 # offline evaluation, which run its training in-process; nothing outside the trainer
 # imports its modules directly.
 from services.trainer.config import TrainerConfig  # noqa: E402
-from services.trainer.continual import (  # noqa: E402
+from services.trainer.continual_learner import (  # noqa: E402
     ContinualConfig,
     ContinualLearner,
     Scores,
     copy_trained,
 )
 from services.trainer.export import export_repository  # noqa: E402
-from services.trainer.job import JobConfig, JobResult, run_job  # noqa: E402
-from services.trainer.publish import PublishReport, PublishSettings  # noqa: E402
-from services.trainer.sources import read_content, read_events  # noqa: E402
-from services.trainer.training import (  # noqa: E402
+from services.trainer.features_reader import read_content, read_events  # noqa: E402
+from services.trainer.model_training import (  # noqa: E402
     TrainConfig,
     TrainedModel,
     embed_items,
@@ -37,6 +35,8 @@ from services.trainer.training import (  # noqa: E402
     save_trained,
     train,
 )
+from services.trainer.publisher import PublishReport, PublishSettings  # noqa: E402
+from services.trainer.training_job import JobConfig, JobResult, run_job  # noqa: E402
 from services.trainer.two_tower import TowerConfig  # noqa: E402
 
 __all__ = [

@@ -56,12 +56,8 @@ def build(config: TrainerConfig) -> GrpcService:
     return GrpcService("trainer", config.server, [binding], startup, shutdown)
 
 
-async def _serve(config: TrainerConfig) -> None:
-    await build(config).run_until_signal()
-
-
 def main() -> None:
-    run_main("trainer", TrainerConfig.from_env, _serve)
+    run_main("trainer", TrainerConfig.from_env, build)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from services.trainer.continual import ContinualConfig
+from services.trainer.continual_learner import ContinualConfig
 from services.trainer.gate import GateConfig
-from services.trainer.job import PREFIX, JobConfig
+from services.trainer.training_job import PREFIX, JobConfig
 from shared.config import Env, ServerConfig, data_root
 
 
@@ -41,7 +41,7 @@ class TrainerConfig:
         defaults, gate = ContinualConfig(), GateConfig()
         job = JobConfig.from_env(environ)
         return cls(
-            server=ServerConfig.from_env(env, port=50054, metrics_port=9154),
+            server=ServerConfig.from_env(env, "trainer"),
             job=replace(job, train=replace(job.train, holdout_fraction=0.0)),
             state_dir=env.path("STATE_DIR", data_root(environ) / "trainer"),
             continual=ContinualConfig(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from services.trainer.training import load_trained
+from services.trainer.model_training import load_trained
 from services.trainer.two_tower import export_towers, tower_io
 from shared.model_store import ModelStore
 from shared.triton_repository import TOWERS, Repository, Serving

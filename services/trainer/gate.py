@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from services.trainer.continual import Scores
+from services.trainer.continual_learner import Scores
 
 
 @dataclass(frozen=True)

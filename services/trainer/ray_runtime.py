@@ -13,8 +13,8 @@ from typing import Any
 import ray
 
 from services.trainer.config import TrainerConfig
-from services.trainer.retrain import RetrainRequest, RetrainResult, full_retrain
-from services.trainer.trainer import ContinualTrainer, ForgetReport
+from services.trainer.continual_trainer import ContinualTrainer, ForgetReport
+from services.trainer.full_retrain import RetrainRequest, RetrainResult, full_retrain
 from shared import logs
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import grpc
 from ray.exceptions import RayActorError, RayTaskError
 
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from shared.catalog import validate_id
 from shared.errors import FailedPrecondition, InvalidArgument, Unavailable
+from shared.items import validate_id
 from shared.model_store import model_name
 
 MAX_WAIT_S = 3600.0

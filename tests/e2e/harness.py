@@ -17,9 +17,9 @@ from recsys.features.v1 import features_pb2, features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2_grpc
 from services.launcher import reap_group
-from shared.catalog import Item
 from shared.convert import event_from_proto
 from shared.events import Event
+from shared.items import Item
 from suite.client import GatewayClient
 from suite.datasets import load_movies
 from tests.conftest import HOST, free_port, wait_serving

@@ -33,8 +33,8 @@ from tritonclient.grpc import service_pb2 as triton_pb2
 from recsys.gateway.v1 import gateway_pb2 as api
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.launcher import is_serving
-from shared.catalog import Item, validate_id
 from shared.errors import InvalidArgument
+from shared.items import Item, validate_id
 from tests.e2e.fuzz import Generator, Method, caller, methods_by_reflection, methods_of
 from tests.e2e.harness import HOST, UserSuite, catalogue
 from tests.e2e.test_events import T0, log, rate

@@ -18,7 +18,7 @@ import pytest
 from recsys.gateway.v1 import gateway_pb2 as api
 from services.gateway.reasons import MODEL_REASON, NEW_ITEM_REASON
 from services.trainer.export import export_repository
-from shared.catalog import Item
+from shared.items import Item
 from shared.model_store import ModelStore
 from shared.triton_repository import read_config
 from tests.e2e.harness import UserSuite, catalogue

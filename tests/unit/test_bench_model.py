@@ -8,9 +8,9 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from bench.model import TritonCounters, item_samples, recent_by_user, user_samples
-from evaluation.interactions import Interaction as Rating
 from shared.events import EventType
 from shared.model_store import ServingInfo
+from suite.datasets import DatasetEvent
 
 
 def statistics(
@@ -68,7 +68,7 @@ def test_counters_report_no_batch_or_times_when_a_run_executed_nothing() -> None
 
 
 def test_recent_by_user_keeps_the_latest_ratings_newest_first() -> None:
-    ratings = [Rating("u1", item, float(t), 4.0) for t, item in enumerate("abcd")]
+    ratings = [DatasetEvent("u1", item, float(t), 4.0) for t, item in enumerate("abcd")]
 
     recent = recent_by_user(ratings, limit=3)
 
@@ -77,8 +77,8 @@ def test_recent_by_user_keeps_the_latest_ratings_newest_first() -> None:
 
 
 def test_user_samples_are_left_padded_batch_one_requests_of_known_users() -> None:
-    ratings = [Rating("u1", "a", 1.0, 5.0), Rating("u1", "b", 2.0, 5.0)]
-    ratings.append(Rating("stranger", "c", 3.0, 5.0))  # not in the model: never drawn
+    ratings = [DatasetEvent("u1", "a", 1.0, 5.0), DatasetEvent("u1", "b", 2.0, 5.0)]
+    ratings.append(DatasetEvent("stranger", "c", 3.0, 5.0))  # not in the model: never drawn
 
     samples = user_samples(model(), ratings, 4, random.Random(0))
 

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.catalog import (
+from shared.errors import InvalidArgument
+from shared.items import (
     MAX_BATCH,
     MAX_ID_BYTES,
     Item,
@@ -11,7 +12,6 @@ from shared.catalog import (
     validate_items,
     validate_k,
 )
-from shared.errors import InvalidArgument
 
 
 def test_validate_items_keeps_last_occurrence_when_ids_repeat() -> None:

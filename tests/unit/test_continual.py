@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.trainer.continual import (
+from services.trainer.continual_learner import (
     Accounting,
     ContinualConfig,
     ContinualLearner,
@@ -21,7 +21,7 @@ from services.trainer.continual import (
     copy_trained,
     forget_in_checkpoint,
 )
-from services.trainer.training import SampleBuilder, TrainConfig, TrainedModel, train, update
+from services.trainer.model_training import SampleBuilder, TrainConfig, TrainedModel, train, update
 from services.trainer.two_tower import TowerConfig, Vocabulary
 from shared.events import Event, EventType, LoggedEvent
 
@@ -260,7 +260,7 @@ def test_a_failed_retirement_is_logged_and_its_error_retrieved(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from services.trainer.config import TrainerConfig
-    from services.trainer.trainer import ContinualTrainer
+    from services.trainer.continual_trainer import ContinualTrainer
 
     trainer = ContinualTrainer(TrainerConfig.from_env({"RECSYS_DATA_DIR": str(tmp_path)}))
 
@@ -268,7 +268,7 @@ def test_a_failed_retirement_is_logged_and_its_error_retrieved(
         raise ConnectionError("Triton is down")
 
     async def scenario() -> None:
-        trainer._background(triton_down())
+        trainer.publication.background(triton_down())
         await asyncio.sleep(0.01)
 
     asyncio.run(scenario())

@@ -8,12 +8,12 @@ from evaluation.baselines import (
     RecentlyPopular,
     Recommender,
 )
-from evaluation.interactions import Interaction
+from suite.datasets import DatasetEvent
 
 
-def events(*pairs: tuple[str, str]) -> list[Interaction]:
+def events(*pairs: tuple[str, str]) -> list[DatasetEvent]:
     """Interactions one second apart, in the order given."""
-    return [Interaction(user, item, float(n), 4.0) for n, (user, item) in enumerate(pairs)]
+    return [DatasetEvent(user, item, float(n), 4.0) for n, (user, item) in enumerate(pairs)]
 
 
 # Item "a" is most popular (3), then "b" (2), then "c" (1).
@@ -57,7 +57,7 @@ def test_most_popular_changes_next_recommendation_when_events_are_observed() -> 
     model = MostPopular()
     model.fit(POPULAR_HISTORY)
     for n in range(4):
-        model.observe(Interaction(f"v{n}", "d", 100.0 + n, 4.0))
+        model.observe(DatasetEvent(f"v{n}", "d", 100.0 + n, 4.0))
     assert model.recommend("u9", 1, set(), ALL_ITEMS) == ["d"]
 
 
@@ -99,8 +99,8 @@ def test_recently_popular_counts_only_the_last_window_when_fitted() -> None:
 
 def test_recently_popular_orders_history_by_time_when_history_is_unsorted() -> None:
     model = RecentlyPopular(window=2)
-    late = [Interaction("u1", "b", 10.0, 4.0), Interaction("u2", "b", 11.0, 4.0)]
-    early = [Interaction(f"v{n}", "a", float(n), 4.0) for n in range(5)]
+    late = [DatasetEvent("u1", "b", 10.0, 4.0), DatasetEvent("u2", "b", 11.0, 4.0)]
+    early = [DatasetEvent(f"v{n}", "a", float(n), 4.0) for n in range(5)]
     model.fit(late + early)
     assert model.recommend("u9", 1, set(), ALL_ITEMS) == ["b"]
 
@@ -109,8 +109,8 @@ def test_recently_popular_forgets_events_when_they_slide_out_of_the_window() -> 
     model = RecentlyPopular(window=2)
     model.fit(events(("u1", "a"), ("u2", "a")))
     assert model.recommend("u9", 1, set(), ALL_ITEMS) == ["a"]
-    model.observe(Interaction("u3", "b", 10.0, 4.0))
-    model.observe(Interaction("u4", "b", 11.0, 4.0))
+    model.observe(DatasetEvent("u3", "b", 10.0, 4.0))
+    model.observe(DatasetEvent("u4", "b", 11.0, 4.0))
     assert model.recommend("u9", 2, set(), {"a", "b"}) == ["b", "a"]
 
 
@@ -161,7 +161,7 @@ def test_item_knn_changes_next_recommendation_when_user_event_is_observed() -> N
     model = ItemKNN()
     model.fit(KNN_HISTORY)
     assert model.recommend("u9", 1, set(), KNN_ITEMS) == ["e"]
-    model.observe(Interaction("u9", "a", 100.0, 4.0))
+    model.observe(DatasetEvent("u9", "a", 100.0, 4.0))
     assert model.recommend("u9", 1, {"a"}, KNN_ITEMS) == ["b"]
 
 
@@ -169,14 +169,14 @@ def test_item_knn_fallback_follows_observed_popularity_when_events_arrive() -> N
     model = ItemKNN()
     model.fit(KNN_HISTORY)
     for n in range(5):
-        model.observe(Interaction(f"v{n}", "a", 100.0 + n, 4.0))
+        model.observe(DatasetEvent(f"v{n}", "a", 100.0 + n, 4.0))
     assert model.recommend("stranger", 1, set(), KNN_ITEMS) == ["a"]
 
 
 def test_item_knn_ignores_profile_items_when_they_were_unknown_at_fit() -> None:
     model = ItemKNN()
     model.fit(KNN_HISTORY)
-    model.observe(Interaction("u9", "new", 100.0, 4.0))
+    model.observe(DatasetEvent("u9", "new", 100.0, 4.0))
     assert model.recommend("u9", 1, {"new"}, KNN_ITEMS | {"new"}) == ["e"]
 
 

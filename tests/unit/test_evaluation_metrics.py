@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from evaluation.metrics import BlockScores, gini, hit_at_k, ndcg_at_k, recall_at_k
+from evaluation.metrics import BlockScores, gini
+from shared.ranking_metrics import hit_at_k, ndcg_at_k, recall_at_k
 
 SUMMARY_KEYS = {
     "users",

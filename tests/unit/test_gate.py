@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from services.trainer.continual import Scores
+from services.trainer.continual_learner import Scores
 from services.trainer.gate import GateConfig, decide
 
 CONFIG = GateConfig(margin=0.05, min_events=100, k=10)

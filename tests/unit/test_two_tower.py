@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.trainer.training import (
+from services.trainer.model_training import (
     TrainConfig,
     TrainedModel,
     embed_items,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from services.retrieval.vector_index import HNSW, IndexSettings, VectorIndex, hybrid_search
-from shared.catalog import ItemFilter
+from shared.items import ItemFilter
 
 DIM = 32
 

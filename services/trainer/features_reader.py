@@ -1,5 +1,5 @@
 """What the trainer learns from, read from the features service: the event log (by
-offset) and the catalogue's content vectors."""
+offset) and the catalogue's content vectors. Every read of either goes through here."""
 
 from __future__ import annotations
 
@@ -51,6 +51,26 @@ def logged_event(message: features_pb2.LoggedEvent) -> LoggedEvent:
     )
 
 
+async def read_page(
+    features: features_pb2_grpc.FeaturesServiceStub,
+    from_offset: int,
+    limit: int = EVENT_PAGE,
+    timeout_s: float = 30.0,
+) -> tuple[list[LoggedEvent], int]:
+    """Up to `limit` events from `from_offset`, and the log's end offset (the next offset to
+    be written)."""
+    reply = await features.ReadEvents(
+        features_pb2.ReadEventsRequest(from_offset=from_offset, limit=limit), timeout=timeout_s
+    )
+    return [logged_event(e) for e in reply.events], reply.end_offset
+
+
+async def log_end(features: features_pb2_grpc.FeaturesServiceStub, timeout_s: float = 30.0) -> int:
+    """The next offset the log will write: 1 while it is empty."""
+    _, end = await read_page(features, 1, 1, timeout_s)
+    return end
+
+
 async def read_events(
     features: features_pb2_grpc.FeaturesServiceStub,
     from_offset: int = 0,
@@ -63,18 +83,14 @@ async def read_events(
     offset = from_offset
     last: int | None = until_offset
     while True:
-        reply = await features.ReadEvents(
-            features_pb2.ReadEventsRequest(from_offset=offset, limit=EVENT_PAGE),
-            timeout=timeout_s,
-        )
+        page, end_offset = await read_page(features, offset, EVENT_PAGE, timeout_s)
         if last is None:
-            last = reply.end_offset - 1  # end_offset is the next offset to be written
-        end = last
-        page = [logged_event(e) for e in reply.events if e.offset <= end]
-        events.extend(page)
-        if not reply.events or len(page) < len(reply.events) or reply.events[-1].offset >= end:
+            last = end_offset - 1
+        wanted = [e for e in page if e.offset <= last]
+        events.extend(wanted)
+        if not page or len(wanted) < len(page) or page[-1].offset >= last:
             return events
-        offset = reply.events[-1].offset + 1
+        offset = page[-1].offset + 1
 
 
 async def read_training_data(

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from recsys.features.v1 import features_pb2_grpc
-from services.trainer.continual import Scores, copy_trained, score_samples
-from services.trainer.sources import read_training_data
-from services.trainer.training import (
+from services.trainer.continual_learner import Scores, copy_trained, score_samples
+from services.trainer.features_reader import read_training_data
+from services.trainer.model_training import (
     SampleBuilder,
     TrainConfig,
     TrainedModel,

@@ -33,6 +33,7 @@ from services.trainer.two_tower import (
     left_padded,
 )
 from shared.events import LoggedEvent, interaction_weight
+from shared.ranking_metrics import hit_at_k, ndcg_at_k, recall_at_k
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -735,7 +736,7 @@ class _HeldOut:
             top = [catalogue.ids[c] for c in _top(ranking, 20)]
             scores[n] = _ranking_metrics(top, self.truth[n])
             if self.truth[n] & cold:
-                cold_recall.append(_recall(top, self.truth[n] & cold, 20))
+                cold_recall.append(recall_at_k(top, self.truth[n] & cold, 20))
         names = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "hr@10", "hr@20")
         metrics = dict(zip(names, (float(v) for v in scores.mean(axis=0)), strict=True))
         metrics["cold_recall@20"] = float(np.mean(cold_recall)) if cold_recall else 0.0
@@ -753,24 +754,14 @@ def _top(scores: npt.NDArray[np.float32], k: int) -> IntArray:
     return best[np.argsort(-scores[best], kind="stable")]
 
 
-def _recall(ranked: Sequence[str], truth: set[str], k: int) -> float:
-    return len(set(ranked[:k]) & truth) / len(truth)
-
-
-def _ndcg(ranked: Sequence[str], truth: set[str], k: int) -> float:
-    gain = sum(1.0 / math.log2(n + 2) for n, item in enumerate(ranked[:k]) if item in truth)
-    ideal = sum(1.0 / math.log2(n + 2) for n in range(min(len(truth), k)))
-    return gain / ideal
-
-
 def _ranking_metrics(ranked: Sequence[str], truth: set[str]) -> list[float]:
-    hit = [float(bool(set(ranked[:k]) & truth)) for k in (10, 20)]
     return [
-        _recall(ranked, truth, 10),
-        _recall(ranked, truth, 20),
-        _ndcg(ranked, truth, 10),
-        _ndcg(ranked, truth, 20),
-        *hit,
+        recall_at_k(ranked, truth, 10),
+        recall_at_k(ranked, truth, 20),
+        ndcg_at_k(ranked, truth, 10),
+        ndcg_at_k(ranked, truth, 20),
+        hit_at_k(ranked, truth, 10),
+        hit_at_k(ranked, truth, 20),
     ]
 
 

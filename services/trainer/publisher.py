@@ -22,8 +22,8 @@ import numpy as np
 
 from recsys.features.v1 import features_pb2, features_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
-from services.trainer.sources import catalogue_pages
-from services.trainer.training import (
+from services.trainer.features_reader import catalogue_pages
+from services.trainer.model_training import (
     USERS_FILE,
     TrainedModel,
     forget_users,

@@ -10,11 +10,11 @@ from dataclasses import dataclass, replace
 
 from recsys.features.v1 import features_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2_grpc
-from services.trainer.publish import Publisher, PublishReport, PublishSettings
-from services.trainer.sources import read_training_data
-from services.trainer.training import TrainConfig, TrainedModel, save_trained, train
+from services.trainer.features_reader import read_training_data
+from services.trainer.model_training import TrainConfig, TrainedModel, save_trained, train
+from services.trainer.publisher import Publisher, PublishReport, PublishSettings
 from shared.clients import channel
-from shared.config import Env, model_dir
+from shared.config import Env, default_address, model_dir
 from shared.embedding_client import EmbeddingClient
 from shared.model_store import ModelStore
 
@@ -36,9 +36,9 @@ class JobConfig:
         env = Env(PREFIX, environ)
         defaults = TrainConfig()
         return cls(
-            features_address=env.address("FEATURES_ADDRESS", "127.0.0.1:50052"),
-            retrieval_address=env.address("RETRIEVAL_ADDRESS", "127.0.0.1:50053"),
-            embedding_address=env.address("EMBEDDING_ADDRESS", "127.0.0.1:50055"),
+            features_address=env.address("FEATURES_ADDRESS", default_address("features")),
+            retrieval_address=env.address("RETRIEVAL_ADDRESS", default_address("retrieval")),
+            embedding_address=env.address("EMBEDDING_ADDRESS", default_address("embedding")),
             store=ModelStore(model_dir(environ)),
             train=replace(
                 defaults,

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from services.trainer.training import (
+from services.trainer.model_training import (
     Catalogue,
     SampleBuilder,
     Samples,
