@@ -7,7 +7,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -17,21 +16,18 @@ from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.gateway.config import GatewayConfig
-from services.gateway.profile import profile_weights
+from services.gateway.downstream import GrpcSources
 from services.gateway.reasons import (
-    MODEL_REASON,
-    NEW_ITEM_REASON,
-    recommendation_reason,
     similar_item_reasons,
 )
-from services.gateway.serving import ServingModel, user_inputs
+from services.gateway.recommend import CONTENT_MODEL, RankingSettings, Recommender, RecommendQuery
+from services.gateway.serving import ServingModel
 from services.gateway.status import Status, freshness
 from shared.clients import deadline
 from shared.convert import (
     event_to_proto,
     events_from_proto,
     filter_from_proto,
-    interaction_from_proto,
     item_to_proto,
     items_from_proto,
     timestamp_of,
@@ -39,29 +35,16 @@ from shared.convert import (
 )
 from shared.embedding_client import EmbeddingClient, EmbeddingUnavailable
 from shared.errors import InvalidArgument, Unavailable
-from shared.events import Event, Interaction, validate_events
+from shared.events import Event, validate_events
 from shared.items import CONTENT_INDEX, validate_id, validate_ids, validate_items, validate_k
-from shared.model_store import UNLEARNED_CATEGORY, LiveVersion, ServingInfo, index_categories
+from shared.model_store import LiveVersion, ServingInfo, index_categories
 
-# What answers Recommend until a trained model is published.
-CONTENT_MODEL = "content-profile"
 # Events of a stream are written in chunks of this many as they arrive.
 STREAM_CHUNK = 1_000
 # Trailing metadata of a StreamEvents that failed after writing part of the stream.
 STREAM_WRITTEN_METADATA = "recsys-events-written"
 STREAM_LAST_OFFSET_METADATA = "recsys-last-offset"
 log = logging.getLogger(__name__)
-
-
-def scored(item_id: str, score: float) -> gateway_pb2.ScoredItem:
-    return gateway_pb2.ScoredItem(item_id=item_id, score=score)
-
-
-@dataclass
-class Pick:
-    scored: gateway_pb2.ScoredItem
-    because: str  # the history item it is closest to; "" for trending items
-    reason: str = ""  # a fixed reason, where there is no single history item to name
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -80,6 +63,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.embedding = embedding
         self.serving = serving
         self.trainer = trainer
+        self.ranking = RankingSettings(
+            recent_history=config.recent_history,
+            profile_half_life_s=config.profile_half_life_s,
+            popularity_weight=config.popularity_weight,
+            trending_candidates=config.trending_candidates,
+            model_popularity_weight=config.model_popularity_weight,
+            model_content_weight=config.model_content_weight,
+            new_item_share=config.new_item_share,
+        )
 
     def _model(self) -> ServingInfo | None:
         """The version this request uses from start to end, read once."""
@@ -255,213 +247,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.RecommendResponse:
         validate_id(request.user_id, "user_id")
         validate_k(request.k)
-        filter_from_proto(request.filter)
-        model = self._model()
-        if model is not None:
-            try:
-                return await self._recommend_from_model(model, request, context)
-            except EmbeddingUnavailable as error:
-                log.warning(
-                    "model unavailable, answering from content profile",
-                    extra={"model": model.name, "why": str(error)},
-                )
-                reply = await self._recommend_from_content(request, context)
-                reply.fallback = True
-                return reply
-        return await self._recommend_from_content(request, context)
-
-    async def _history(
-        self, request: gateway_pb2.RecommendRequest, limit: int, context: grpc.aio.ServicerContext
-    ) -> features_pb2.GetUserHistoryResponse:
-        return await self.features.GetUserHistory(
-            features_pb2.GetUserHistoryRequest(
-                user_id=request.user_id,
-                limit=limit,
-                include_seen_item_ids=not request.include_seen,
-            ),
-            timeout=deadline(context, self.config.call_timeout_s),
+        query = RecommendQuery(
+            user_id=request.user_id,
+            k=request.k,
+            item_filter=filter_from_proto(request.filter),
+            include_seen=request.include_seen,
+            explain=request.explain,
         )
-
-    async def _trending_candidates(
-        self, request: gateway_pb2.RecommendRequest, context: grpc.aio.ServicerContext
-    ) -> features_pb2.GetTrendingResponse:
-        return await self.features.GetTrending(
-            features_pb2.GetTrendingRequest(
-                k=self.config.trending_candidates, filter=request.filter
-            ),
-            timeout=deadline(context, self.config.call_timeout_s),
-        )
-
-    async def _recommend_from_model(
-        self,
-        model: ServingInfo,
-        request: gateway_pb2.RecommendRequest,
-        context: grpc.aio.ServicerContext,
-    ) -> gateway_pb2.RecommendResponse:
-        """The user tower of `model` on the user's latest history, searched against the
-        item index of the same version."""
-        assert self.embedding is not None
-        limit = max(self.config.recent_history, model.history_len)
-        blend = self.config.model_popularity_weight > 0
-        if blend:
-            history, trending_reply = await asyncio.gather(
-                self._history(request, limit, context),
-                self._trending_candidates(request, context),
-            )
-            trending = list(trending_reply.items)
-        else:
-            history, trending = await self._history(request, limit, context), []
-        recent = [interaction_from_proto(i) for i in history.recent]
-        user_row, rows, weights = user_inputs(model, request.user_id, recent, history.first_offset)
-        picks: list[Pick] = []
-        if user_row[0, 0] or rows.any():
-            vector = await self.embedding.user_vectors(
-                model.version,
-                user_row,
-                rows,
-                weights,
-                deadline(context, self.config.embedding_timeout_s),
-            )
-            search = retrieval_pb2.SearchRequest(
-                index=model.name,
-                vector=vector[0].tolist(),
-                k=request.k,
-                filter=request.filter,
-                exclude_item_ids=history.seen_item_ids,
-                boosts=self._popularity_boosts(trending, self.config.model_popularity_weight),
-            )
-            slots = int(request.k * self.config.new_item_share)
-            if slots:
-                search.reserved.CopyFrom(
-                    retrieval_pb2.ReservedSlots(slots=slots, category=UNLEARNED_CATEGORY)
-                )
-            if self.config.model_content_weight > 0 and recent:
-                profile = profile_weights(recent, self.config.profile_half_life_s)
-                search.profile.CopyFrom(
-                    retrieval_pb2.ProfileTerm(
-                        index=CONTENT_INDEX,
-                        items=[retrieval_pb2.WeightedItem(item_id=i, weight=w) for i, w in profile],
-                        weight=self.config.model_content_weight,
-                    )
-                )
-            reply = await self.retrieval.Search(
-                search, timeout=deadline(context, self.config.call_timeout_s)
-            )
-            picks = [
-                Pick(
-                    scored(h.item_id, h.score), "", NEW_ITEM_REASON if h.reserved else MODEL_REASON
-                )
-                for h in reply.hits
-            ]
-        fallback = not picks
-        if len(picks) < request.k:
-            if not blend:
-                trending = list((await self._trending_candidates(request, context)).items)
-            picks += await self._trending(request, history, trending, picks, context)
-        if request.explain:
-            await self._explain(picks, recent, context)
+        sources = GrpcSources(self.config, self.features, self.retrieval, self.embedding, context)
+        answer = await Recommender(self.ranking, sources).recommend(query, self._model())
         return gateway_pb2.RecommendResponse(
-            items=[p.scored for p in picks],
-            model_version=model.name if not fallback else CONTENT_MODEL,
-            fallback=fallback,
+            items=[
+                gateway_pb2.ScoredItem(item_id=i.item_id, score=i.score, reasons=i.reasons)
+                for i in answer.items
+            ],
+            model_version=answer.model_version,
+            fallback=answer.fallback,
         )
-
-    async def _recommend_from_content(
-        self, request: gateway_pb2.RecommendRequest, context: grpc.aio.ServicerContext
-    ) -> gateway_pb2.RecommendResponse:
-        history, trending = await asyncio.gather(
-            self._history(request, self.config.recent_history, context),
-            self._trending_candidates(request, context),
-        )
-        recent = [interaction_from_proto(i) for i in history.recent]
-        picks = await self._from_profile(request, history, recent, list(trending.items), context)
-        fallback = not picks
-        if len(picks) < request.k:
-            picks += await self._trending(request, history, list(trending.items), picks, context)
-        if request.explain:
-            await self._explain(picks, recent, context)
-        return gateway_pb2.RecommendResponse(
-            items=[p.scored for p in picks], model_version=CONTENT_MODEL, fallback=fallback
-        )
-
-    def _popularity_boosts(
-        self, trending: list[gateway_pb2.ScoredItem], weight: float
-    ) -> list[retrieval_pb2.WeightedItem]:
-        """Popularity on the scale of a similarity: the most popular item gets the weight."""
-        top = max((t.score for t in trending), default=0.0)
-        if top <= 0 or weight == 0:
-            return []
-        scale = weight / top
-        return [
-            retrieval_pb2.WeightedItem(item_id=t.item_id, weight=t.score * scale) for t in trending
-        ]
-
-    async def _from_profile(
-        self,
-        request: gateway_pb2.RecommendRequest,
-        history: features_pb2.GetUserHistoryResponse,
-        recent: list[Interaction],
-        trending: list[gateway_pb2.ScoredItem],
-        context: grpc.aio.ServicerContext,
-    ) -> list[Pick]:
-        profile = profile_weights(recent, self.config.profile_half_life_s)
-        if not profile:
-            return []
-        reply = await self.retrieval.SearchByProfile(
-            retrieval_pb2.SearchByProfileRequest(
-                index=CONTENT_INDEX,
-                profile=[retrieval_pb2.WeightedItem(item_id=i, weight=w) for i, w in profile],
-                k=request.k,
-                filter=request.filter,
-                exclude_item_ids=history.seen_item_ids,
-                boosts=self._popularity_boosts(trending, self.config.popularity_weight),
-            ),
-            timeout=deadline(context, self.config.call_timeout_s),
-        )
-        return [Pick(scored(h.item_id, h.score), h.closest_profile_item_id) for h in reply.hits]
-
-    async def _trending(
-        self,
-        request: gateway_pb2.RecommendRequest,
-        history: features_pb2.GetUserHistoryResponse,
-        trending: list[gateway_pb2.ScoredItem],
-        picks: list[Pick],
-        context: grpc.aio.ServicerContext,
-    ) -> list[Pick]:
-        """Trending items the user has not seen, to fill the list; from the list fetched
-        with the history, or, when the user has seen most of it, asked for again."""
-        taken = set(history.seen_item_ids) | {p.scored.item_id for p in picks}
-        wanted = request.k - len(picks)
-        fresh = [Pick(t, "") for t in trending if t.item_id not in taken][:wanted]
-        if len(fresh) == wanted or len(trending) < self.config.trending_candidates:
-            return fresh
-        reply = await self.features.GetTrending(
-            features_pb2.GetTrendingRequest(
-                k=wanted, filter=request.filter, exclude_item_ids=sorted(taken)
-            ),
-            timeout=deadline(context, self.config.call_timeout_s),
-        )
-        return [Pick(item, "") for item in reply.items]
-
-    async def _explain(
-        self,
-        picks: list[Pick],
-        recent: list[Interaction],
-        context: grpc.aio.ServicerContext,
-    ) -> None:
-        because = list({p.because for p in picks if p.because})
-        titles: dict[str, str] = {}
-        if because:
-            found = await self.features.GetItems(
-                features_pb2.GetItemsRequest(item_ids=because, allow_missing=True),
-                timeout=deadline(context, self.config.call_timeout_s),
-            )
-            titles = {item.item_id: item.title or item.item_id for item in found.items}
-        actions = {i.item_id: i.type for i in reversed(recent)}  # the latest action wins
-        for pick in picks:
-            pick.scored.reasons.append(
-                pick.reason or recommendation_reason(pick.because, titles, actions)
-            )
 
     async def ForgetUser(
         self, request: gateway_pb2.ForgetUserRequest, context: grpc.aio.ServicerContext

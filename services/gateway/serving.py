@@ -10,36 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 
 import grpc
-import numpy as np
 
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from shared.embedding_client import ITEM_TOWER, USER_TOWER, EmbeddingClient
-from shared.events import Interaction, interaction_weight
 from shared.model_store import ModelStore, ServingInfo, model_name
 
 log = logging.getLogger(__name__)
-
-
-def user_inputs(
-    model: ServingInfo, user_id: str, recent: Sequence[Interaction], first_offset: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The user tower's inputs for one user: recent is newest first (as features returns
-    it); the tower wants the latest `history_len` items oldest first, left-padded with 0.
-    Items the version does not know are left out (row 0 is padding). The user's own row
-    only when the version learned from the user's events in the log (`first_offset`, the
-    oldest of them): a user forgotten since is new to every version, whatever its rows."""
-    length = model.history_len
-    rows = np.zeros((1, length), dtype=np.int64)
-    weights = np.zeros((1, length), dtype=np.float32)
-    known = [i for i in recent if i.item_id in model.items][:length]
-    for position, interaction in enumerate(reversed(known), start=length - len(known)):
-        rows[0, position] = model.items[interaction.item_id]
-        weights[0, position] = interaction_weight(interaction.type, interaction.value)
-    user_row = np.array([[model.user_row(user_id, first_offset)]], dtype=np.int64)
-    return user_row, rows, weights
 
 
 class ServingModel:

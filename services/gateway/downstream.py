@@ -1,0 +1,153 @@
+"""The ranking policy's sources over gRPC: features for histories, trending and titles,
+retrieval for searches, Triton for the user tower; each call within the caller's deadline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+
+from recsys.features.v1 import features_pb2, features_pb2_grpc
+from recsys.gateway.v1 import gateway_pb2
+from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
+from services.gateway.config import GatewayConfig
+from services.gateway.recommend import (
+    Hit,
+    ModelSearch,
+    ProfileSearch,
+    Scored,
+    UserHistory,
+    UserVectorUnavailable,
+)
+from shared.clients import deadline
+from shared.convert import interaction_from_proto
+from shared.embedding_client import EmbeddingClient, EmbeddingUnavailable
+from shared.items import ItemFilter
+from shared.model_store import ServingInfo
+
+
+def filter_to_proto(item_filter: ItemFilter) -> gateway_pb2.Filter:
+    return gateway_pb2.Filter(
+        include_categories=sorted(item_filter.include_categories),
+        exclude_categories=sorted(item_filter.exclude_categories),
+        exclude_item_ids=sorted(item_filter.exclude_item_ids),
+    )
+
+
+def _weighted(pairs: Sequence[tuple[str, float]]) -> list[retrieval_pb2.WeightedItem]:
+    return [retrieval_pb2.WeightedItem(item_id=i, weight=w) for i, w in pairs]
+
+
+class GrpcSources:
+    """One request's sources: its deadline bounds every call."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        features: features_pb2_grpc.FeaturesServiceStub,
+        retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
+        embedding: EmbeddingClient | None,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        self.config = config
+        self.features = features
+        self.retrieval = retrieval
+        self.embedding = embedding
+        self.context = context
+        self._filters: dict[ItemFilter, gateway_pb2.Filter] = {}
+
+    def _timeout(self) -> float:
+        return deadline(self.context, self.config.call_timeout_s)
+
+    def _filter(self, item_filter: ItemFilter) -> gateway_pb2.Filter:
+        if item_filter not in self._filters:
+            self._filters[item_filter] = filter_to_proto(item_filter)
+        return self._filters[item_filter]
+
+    async def history(self, user_id: str, limit: int, with_seen_ids: bool) -> UserHistory:
+        reply = await self.features.GetUserHistory(
+            features_pb2.GetUserHistoryRequest(
+                user_id=user_id, limit=limit, include_seen_item_ids=with_seen_ids
+            ),
+            timeout=self._timeout(),
+        )
+        return UserHistory(
+            [interaction_from_proto(i) for i in reply.recent],
+            list(reply.seen_item_ids),
+            reply.first_offset,
+        )
+
+    async def trending(
+        self, k: int, item_filter: ItemFilter, exclude_item_ids: Sequence[str] = ()
+    ) -> list[Scored]:
+        reply = await self.features.GetTrending(
+            features_pb2.GetTrendingRequest(
+                k=k, filter=self._filter(item_filter), exclude_item_ids=exclude_item_ids
+            ),
+            timeout=self._timeout(),
+        )
+        return [Scored(item.item_id, item.score) for item in reply.items]
+
+    async def user_vector(
+        self, model: ServingInfo, user_row: np.ndarray, rows: np.ndarray, weights: np.ndarray
+    ) -> np.ndarray:
+        if self.embedding is None:
+            raise UserVectorUnavailable("no embedding service is configured")
+        try:
+            return await self.embedding.user_vectors(
+                model.version,
+                user_row,
+                rows,
+                weights,
+                deadline(self.context, self.config.embedding_timeout_s),
+            )
+        except EmbeddingUnavailable as error:
+            raise UserVectorUnavailable(str(error)) from error
+
+    async def search(self, query: ModelSearch) -> list[Hit]:
+        request = retrieval_pb2.SearchRequest(
+            index=query.index,
+            vector=query.vector.tolist(),
+            k=query.k,
+            filter=self._filter(query.item_filter),
+            exclude_item_ids=query.exclude_item_ids,
+            boosts=_weighted(query.boosts),
+        )
+        if query.reserved_slots:
+            request.reserved.CopyFrom(
+                retrieval_pb2.ReservedSlots(
+                    slots=query.reserved_slots, category=query.reserved_category
+                )
+            )
+        if query.profile:
+            request.profile.CopyFrom(
+                retrieval_pb2.ProfileTerm(
+                    index=query.profile_index,
+                    items=_weighted(query.profile),
+                    weight=query.profile_weight,
+                )
+            )
+        reply = await self.retrieval.Search(request, timeout=self._timeout())
+        return [Hit(h.item_id, h.score, reserved=h.reserved) for h in reply.hits]
+
+    async def search_by_profile(self, query: ProfileSearch) -> list[Hit]:
+        reply = await self.retrieval.SearchByProfile(
+            retrieval_pb2.SearchByProfileRequest(
+                index=query.index,
+                profile=_weighted(query.profile),
+                k=query.k,
+                filter=self._filter(query.item_filter),
+                exclude_item_ids=query.exclude_item_ids,
+                boosts=_weighted(query.boosts),
+            ),
+            timeout=self._timeout(),
+        )
+        return [Hit(h.item_id, h.score, h.closest_profile_item_id) for h in reply.hits]
+
+    async def titles(self, item_ids: Sequence[str]) -> dict[str, str]:
+        found = await self.features.GetItems(
+            features_pb2.GetItemsRequest(item_ids=item_ids, allow_missing=True),
+            timeout=self._timeout(),
+        )
+        return {item.item_id: item.title or item.item_id for item in found.items}

@@ -1,0 +1,318 @@
+"""The ranking policy of `Recommend`, free of gRPC: every rule of what a user is shown.
+
+Without a trained model (or when its user tower does not answer), the content profile: the
+user's recent items, weighted by action and age, searched in the catalogue's text index,
+plus trending popularity. With a model version: one search of the version's index by the
+user tower's vector, plus the content profile's similarity and trending popularity, with
+the last places kept for items the version has not learned. Whatever is short of `k` is
+filled with trending items the user has not seen. The policy reaches the services through
+`RankingSources`; the servicer passes gRPC-backed ones (`downstream.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from services.gateway.profile import profile_weights
+from services.gateway.reasons import MODEL_REASON, NEW_ITEM_REASON, recommendation_reason
+from shared.events import Interaction, interaction_weight
+from shared.items import CONTENT_INDEX, ItemFilter
+from shared.model_store import UNLEARNED_CATEGORY, ServingInfo
+
+# What answers Recommend until a trained model is published.
+CONTENT_MODEL = "content-profile"
+log = logging.getLogger(__name__)
+
+
+class UserVectorUnavailable(RuntimeError):
+    """The user tower gave no vector (Triton down, past its deadline, version gone)."""
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    user_id: str
+    k: int
+    item_filter: ItemFilter = ItemFilter()
+    include_seen: bool = False
+    explain: bool = False
+
+
+@dataclass
+class RankedItem:
+    item_id: str
+    score: float
+    reasons: list[str] = field(default_factory=list)  # filled only when explaining
+
+
+@dataclass
+class Recommendation:
+    items: list[RankedItem]
+    model_version: str
+    fallback: bool
+
+
+@dataclass(frozen=True)
+class RankingSettings:
+    recent_history: int  # interactions that make a user's profile
+    profile_half_life_s: float
+    popularity_weight: float  # popularity added to the profile's similarity, at most this
+    trending_candidates: int
+    model_popularity_weight: float  # the same, added to the model's scores
+    model_content_weight: float  # the content profile's similarity added to the model's
+    new_item_share: float  # of k: places kept for items the serving version has not learned
+
+
+# What the policy reads ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserHistory:
+    recent: Sequence[Interaction]  # newest first
+    seen_item_ids: Sequence[str]  # empty when the query includes seen items
+    first_offset: int  # the log offset of the user's oldest event (0: none)
+
+
+@dataclass(frozen=True)
+class Scored:
+    item_id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Hit:
+    item_id: str
+    score: float
+    closest_profile_item_id: str = ""
+    reserved: bool = False  # it fills a kept place
+
+
+@dataclass(frozen=True)
+class ModelSearch:
+    """A model version's index searched by the user's vector, hybrid-scored."""
+
+    index: str
+    vector: np.ndarray
+    k: int
+    item_filter: ItemFilter
+    exclude_item_ids: Sequence[str]
+    boosts: Sequence[tuple[str, float]]
+    profile: Sequence[tuple[str, float]]  # (item, weight) in `profile_index`; empty: none
+    profile_index: str
+    profile_weight: float
+    reserved_slots: int
+    reserved_category: str
+
+
+@dataclass(frozen=True)
+class ProfileSearch:
+    """The text index searched by a weighted sum of the profile items' vectors."""
+
+    index: str
+    profile: Sequence[tuple[str, float]]
+    k: int
+    item_filter: ItemFilter
+    exclude_item_ids: Sequence[str]
+    boosts: Sequence[tuple[str, float]]
+
+
+class RankingSources(Protocol):
+    async def history(self, user_id: str, limit: int, with_seen_ids: bool) -> UserHistory: ...
+
+    async def trending(
+        self, k: int, item_filter: ItemFilter, exclude_item_ids: Sequence[str] = ()
+    ) -> list[Scored]: ...
+
+    async def user_vector(
+        self, model: ServingInfo, user_row: np.ndarray, rows: np.ndarray, weights: np.ndarray
+    ) -> np.ndarray:
+        """Raises UserVectorUnavailable."""
+        ...
+
+    async def search(self, query: ModelSearch) -> list[Hit]: ...
+
+    async def search_by_profile(self, query: ProfileSearch) -> list[Hit]: ...
+
+    async def titles(self, item_ids: Sequence[str]) -> dict[str, str]: ...
+
+
+# The policy ---------------------------------------------------------------------------------
+
+
+def user_inputs(
+    model: ServingInfo, user_id: str, recent: Sequence[Interaction], first_offset: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The user tower's inputs for one user: recent is newest first (as features returns
+    it); the tower wants the latest `history_len` items oldest first, left-padded with 0.
+    Items the version does not know are left out (row 0 is padding). The user's own row
+    only when the version learned from the user's events in the log (`first_offset`, the
+    oldest of them): a user forgotten since is new to every version, whatever its rows."""
+    length = model.history_len
+    rows = np.zeros((1, length), dtype=np.int64)
+    weights = np.zeros((1, length), dtype=np.float32)
+    known = [i for i in recent if i.item_id in model.items][:length]
+    for position, interaction in enumerate(reversed(known), start=length - len(known)):
+        rows[0, position] = model.items[interaction.item_id]
+        weights[0, position] = interaction_weight(interaction.type, interaction.value)
+    user_row = np.array([[model.user_row(user_id, first_offset)]], dtype=np.int64)
+    return user_row, rows, weights
+
+
+def popularity_boosts(trending: Sequence[Scored], weight: float) -> list[tuple[str, float]]:
+    """Popularity on the scale of a similarity: the most popular item gets the weight."""
+    top = max((t.score for t in trending), default=0.0)
+    if top <= 0 or weight == 0:
+        return []
+    scale = weight / top
+    return [(t.item_id, t.score * scale) for t in trending]
+
+
+@dataclass
+class _Pick:
+    item_id: str
+    score: float
+    because: str = ""  # the history item it is closest to; "" for the others
+    reason: str = ""  # a fixed reason, where there is no single history item to name
+
+
+class Recommender:
+    def __init__(self, settings: RankingSettings, sources: RankingSources) -> None:
+        self.settings = settings
+        self.sources = sources
+
+    async def recommend(self, query: RecommendQuery, model: ServingInfo | None) -> Recommendation:
+        """From `model` (read once by the caller, so the request never mixes versions), or
+        from the content profile without one or when its user tower does not answer."""
+        if model is not None:
+            try:
+                return await self._from_model(query, model)
+            except UserVectorUnavailable as error:
+                log.warning(
+                    "model unavailable, answering from content profile",
+                    extra={"model": model.name, "why": str(error)},
+                )
+                answer = await self._from_content(query)
+                answer.fallback = True
+                return answer
+        return await self._from_content(query)
+
+    async def _from_model(self, query: RecommendQuery, model: ServingInfo) -> Recommendation:
+        settings = self.settings
+        limit = max(settings.recent_history, model.history_len)
+        blend = settings.model_popularity_weight > 0
+        trending: list[Scored] = []
+        if blend:
+            history, trending = await asyncio.gather(
+                self._history(query, limit), self._trending_candidates(query)
+            )
+        else:
+            history = await self._history(query, limit)
+        user_row, rows, weights = user_inputs(
+            model, query.user_id, history.recent, history.first_offset
+        )
+        picks: list[_Pick] = []
+        if user_row[0, 0] or rows.any():
+            vector = await self.sources.user_vector(model, user_row, rows, weights)
+            with_profile = settings.model_content_weight > 0 and history.recent
+            hits = await self.sources.search(
+                ModelSearch(
+                    index=model.name,
+                    vector=vector[0],
+                    k=query.k,
+                    item_filter=query.item_filter,
+                    exclude_item_ids=history.seen_item_ids,
+                    boosts=popularity_boosts(trending, settings.model_popularity_weight),
+                    profile=(
+                        profile_weights(history.recent, settings.profile_half_life_s)
+                        if with_profile
+                        else []
+                    ),
+                    profile_index=CONTENT_INDEX,
+                    profile_weight=settings.model_content_weight,
+                    reserved_slots=int(query.k * settings.new_item_share),
+                    reserved_category=UNLEARNED_CATEGORY,
+                )
+            )
+            picks = [
+                _Pick(h.item_id, h.score, reason=NEW_ITEM_REASON if h.reserved else MODEL_REASON)
+                for h in hits
+            ]
+        fallback = not picks
+        if len(picks) < query.k:
+            if not blend:
+                trending = await self._trending_candidates(query)
+            picks += await self._trending_fill(query, history, trending, picks)
+        return await self._answer(
+            query, picks, history, CONTENT_MODEL if fallback else model.name, fallback
+        )
+
+    async def _from_content(self, query: RecommendQuery) -> Recommendation:
+        settings = self.settings
+        history, trending = await asyncio.gather(
+            self._history(query, settings.recent_history), self._trending_candidates(query)
+        )
+        picks: list[_Pick] = []
+        profile = profile_weights(history.recent, settings.profile_half_life_s)
+        if profile:
+            hits = await self.sources.search_by_profile(
+                ProfileSearch(
+                    index=CONTENT_INDEX,
+                    profile=profile,
+                    k=query.k,
+                    item_filter=query.item_filter,
+                    exclude_item_ids=history.seen_item_ids,
+                    boosts=popularity_boosts(trending, settings.popularity_weight),
+                )
+            )
+            picks = [_Pick(h.item_id, h.score, because=h.closest_profile_item_id) for h in hits]
+        fallback = not picks
+        if len(picks) < query.k:
+            picks += await self._trending_fill(query, history, trending, picks)
+        return await self._answer(query, picks, history, CONTENT_MODEL, fallback)
+
+    async def _history(self, query: RecommendQuery, limit: int) -> UserHistory:
+        return await self.sources.history(query.user_id, limit, not query.include_seen)
+
+    async def _trending_candidates(self, query: RecommendQuery) -> list[Scored]:
+        return await self.sources.trending(self.settings.trending_candidates, query.item_filter)
+
+    async def _trending_fill(
+        self,
+        query: RecommendQuery,
+        history: UserHistory,
+        trending: Sequence[Scored],
+        picks: Sequence[_Pick],
+    ) -> list[_Pick]:
+        """Trending items the user has not seen, to fill the list; from the list fetched
+        with the history, or, when the user has seen most of it, asked for again."""
+        taken = set(history.seen_item_ids) | {p.item_id for p in picks}
+        wanted = query.k - len(picks)
+        fresh = [_Pick(t.item_id, t.score) for t in trending if t.item_id not in taken][:wanted]
+        if len(fresh) == wanted or len(trending) < self.settings.trending_candidates:
+            return fresh
+        more = await self.sources.trending(wanted, query.item_filter, sorted(taken))
+        return [_Pick(t.item_id, t.score) for t in more]
+
+    async def _answer(
+        self,
+        query: RecommendQuery,
+        picks: list[_Pick],
+        history: UserHistory,
+        model_version: str,
+        fallback: bool,
+    ) -> Recommendation:
+        items = [RankedItem(p.item_id, p.score) for p in picks]
+        if query.explain:
+            because = list({p.because for p in picks if p.because})
+            titles = await self.sources.titles(because) if because else {}
+            actions = {i.item_id: i.type for i in reversed(history.recent)}  # latest wins
+            for pick, item in zip(picks, items, strict=True):
+                item.reasons.append(
+                    pick.reason or recommendation_reason(pick.because, titles, actions)
+                )
+        return Recommendation(items, model_version, fallback)
