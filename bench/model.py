@@ -16,8 +16,7 @@ import asyncio
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -36,8 +35,23 @@ from bench.events import (
     print_cpu,
     recommend_run_report,
 )
+from bench.in_process import (
+    AIM_RATIO,
+    SAME_LIST_SAMPLE,
+    Yardstick,
+    measure_in_process,
+    print_yardstick,
+)
 from bench.similar_items import load_content_index
-from bench.timing import SEED, WARMUP_CALLS, K, LatencyStats, run_callers, verdict
+from bench.timing import (
+    SEED,
+    WARMUP_CALLS,
+    K,
+    LatencyStats,
+    run_callers,
+    torch_threads,
+    verdict,
+)
 from services.gateway import user_inputs
 from services.launcher import SuiteSpec
 from services.trainer import JobConfig, JobResult, PublishReport, PublishSettings, run_job
@@ -236,17 +250,6 @@ class TorchCaller:
 
     def close(self) -> None:
         pass
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Triton runs each tower with one torch thread (RECSYS_EMBEDDING_TORCH_THREADS)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ---- 1. train and publish ----------------------------------------------------------------
@@ -598,5 +601,35 @@ def bench_model(
     address = spec.address("gateway")
     recommend = measure_model_recommend(address, users, content, model.name, service_pids)
     print_model_recommend(recommend, model.name)
+    sample = sorted(set(random.Random(SEED).choices(users, k=SAME_LIST_SAMPLE)))
+    yardstick = measure_in_process(spec, users, content.requests, suite_lists(address, sample))
+    print_yardstick(yardstick, content, recommend.model, model.name, AIM_RECOMMEND_CALLERS)
     print(f"Model part: {time.perf_counter() - started:.0f} s")
-    return build_model_report(published, towers, recommend)
+    report = build_model_report(published, towers, recommend)
+    report["in_process"] = yardstick_report(yardstick, content, recommend.model)
+    return report
+
+
+def suite_lists(address: str, users: Sequence[str]) -> dict[str, list[str]]:
+    caller = RecommendCaller(address)
+    try:
+        return {user: caller.ids(user) for user in users}
+    finally:
+        caller.close()
+
+
+def yardstick_report(
+    yardstick: Yardstick, content: RecommendResult, model: RecommendResult
+) -> dict[str, Any]:
+    return {
+        "content": asdict(yardstick.content),
+        "model": asdict(yardstick.model),
+        "agreeing": {"sample": yardstick.sampled, "same_list": yardstick.agreeing},
+        "suite_over_in_process": {
+            f"{run.path}_at_{run_callers.callers}_callers": run_callers.cpu_ms_total
+            / run.cpu_ms_per_call
+            for run, suite in ((yardstick.content, content), (yardstick.model, model))
+            for run_callers in suite.runs
+        },
+        "aim_ratio_at_most": AIM_RATIO,
+    }

@@ -6,14 +6,16 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 import grpc
 import numpy as np
+import torch
 
 from suite.client import GatewayClient
 
@@ -131,3 +133,14 @@ def percentile_ms(seconds: Sequence[float], q: float) -> float:
 
 def verdict(met: bool) -> str:
     return "met" if met else "NOT met"
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Triton runs each tower with one torch thread (RECSYS_EMBEDDING_TORCH_THREADS)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

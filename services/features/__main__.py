@@ -23,7 +23,9 @@ def build(config: FeaturesConfig) -> GrpcService:
     encoder = TextEncoder(batch_size=config.encode_batch_size, threads=config.torch_threads)
     log = SqliteEventLog(config.data_dir / "events.sqlite3")
     catalog = Catalog(store, encoder)
-    behaviour = Behaviour(log, Trending(config.trending_half_life_s), catalog.categories)
+    behaviour = Behaviour(
+        log, Trending(config.trending_half_life_s), catalog.categories, lambda: catalog.revision
+    )
     commits = group_commit(behaviour)
     binding = ServiceBinding(
         SERVICE_NAME,

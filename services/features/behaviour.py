@@ -5,8 +5,9 @@ is acknowledged."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from services.features.event_log import AppendResult, SqliteEventLog
@@ -30,12 +31,25 @@ class History:
 
 class Behaviour:
     def __init__(
-        self, log: SqliteEventLog, trending: Trending, catalogue: Mapping[str, Sequence[str]]
+        self,
+        log: SqliteEventLog,
+        trending: Trending,
+        catalogue: Mapping[str, Sequence[str]],
+        catalogue_revision: Callable[[], int] = lambda: 0,
     ) -> None:
         self.log = log
         self.trending = trending
         self.catalogue = catalogue  # item id -> categories, of every item that exists
+        self.catalogue_revision = catalogue_revision  # grows with every catalogue write
         self._write_lock = threading.Lock()
+        # A restart rebuilds the popularity and restarts its count of changes.
+        self._incarnation = secrets.token_hex(4)
+
+    def trending_version(self) -> str:
+        """Names what trending_items ranks from: the same version, the same answers. Read
+        it before ranking, so that a write meanwhile leaves the label older, never newer,
+        than the state the list came from."""
+        return f"{self._incarnation}.{self.trending.changes}.{self.catalogue_revision()}"
 
     def restore(self) -> None:
         """Rebuilds the in-memory popularity from the durable log."""

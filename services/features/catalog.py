@@ -33,9 +33,11 @@ class Catalog:
         # Which items exist and their categories, for ranking trending items without a
         # store read per request; kept in step with every write below.
         self.categories: dict[str, tuple[str, ...]] = {}
+        self.revision = 0  # grows with every write to `categories`
 
     def restore(self) -> None:
         self.categories.update(self.store.all_categories())
+        self.revision += 1
 
     def upsert(self, items: Sequence[Item]) -> UpsertResult:
         distinct = validate_items(items)
@@ -57,6 +59,7 @@ class Catalog:
         ]
         self.store.upsert(entries)
         self.categories.update({e.item.item_id: e.item.categories for e in entries})
+        self.revision += 1
         return UpsertResult(entries, reused_encodings=len(distinct) - len(to_encode))
 
     def delete(self, item_ids: Sequence[str]) -> int:
@@ -64,6 +67,7 @@ class Catalog:
         deleted = self.store.delete(ids)
         for item_id in ids:
             self.categories.pop(item_id, None)
+        self.revision += 1
         return deleted
 
     def get(self, item_ids: Sequence[str], allow_missing: bool) -> LookupResult:

@@ -20,6 +20,7 @@ from shared.convert import (
     timestamp_of,
 )
 from shared.events import validate_events
+from shared.items import validate_k
 
 
 def _item_vector(stored: StoredItem) -> features_pb2.ItemVector:
@@ -114,6 +115,24 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
     async def GetUserHistory(
         self, request: features_pb2.GetUserHistoryRequest, context: grpc.aio.ServicerContext
     ) -> features_pb2.GetUserHistoryResponse:
+        return await self._history(request)
+
+    async def GetTrending(
+        self, request: features_pb2.GetTrendingRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.GetTrendingResponse:
+        return self._trending(request)
+
+    async def GetRankingInputs(
+        self, request: features_pb2.GetRankingInputsRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.GetRankingInputsResponse:
+        history = await self._history(request.history)
+        return features_pb2.GetRankingInputsResponse(
+            history=history, trending=self._trending(request.trending)
+        )
+
+    async def _history(
+        self, request: features_pb2.GetUserHistoryRequest
+    ) -> features_pb2.GetUserHistoryResponse:
         history = await asyncio.to_thread(
             self.behaviour.history, request.user_id, request.limit, request.include_seen_item_ids
         )
@@ -131,15 +150,20 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
             first_offset=history.first_offset,
         )
 
-    async def GetTrending(
-        self, request: features_pb2.GetTrendingRequest, context: grpc.aio.ServicerContext
+    def _trending(
+        self, request: features_pb2.GetTrendingRequest
     ) -> features_pb2.GetTrendingResponse:
         # In memory and usually cached: cheaper on the event loop than a hop to a thread.
+        validate_k(request.k)
+        item_filter = filter_from_proto(request.filter)
+        version = self.behaviour.trending_version()
+        if request.known_version == version:
+            return features_pb2.GetTrendingResponse(version=version, unchanged=True)
         found = self.behaviour.trending_items(
-            request.k, filter_from_proto(request.filter), list(request.exclude_item_ids)
+            request.k, item_filter, list(request.exclude_item_ids)
         )
         return features_pb2.GetTrendingResponse(
-            items=[gateway_pb2.ScoredItem(item_id=i, score=s) for i, s in found]
+            items=[gateway_pb2.ScoredItem(item_id=i, score=s) for i, s in found], version=version
         )
 
     async def ForgetUser(

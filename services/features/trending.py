@@ -44,6 +44,11 @@ class Trending:
         # on every call, and events arrive far less often than calls.
         self._last_top: tuple[int, int, list[tuple[str, float]]] | None = None
 
+    @property
+    def changes(self) -> int:
+        """Grows with every add and remove: the same count means the same popularity."""
+        return self._changes
+
     def add(self, events: Iterable[Event]) -> None:
         with self._lock:
             for event in events:

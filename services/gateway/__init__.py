@@ -1,6 +1,32 @@
 """The gateway: the public API that backend systems call."""
 
-# For the benchmark, which times the user tower with the inputs the gateway sends it.
-from services.gateway.recommend import user_inputs
+# Its ranking policy and settings, grpc-free: the benchmark's in-process yardstick runs
+# them over the services' domain code (suite/in_process.py) and times the user tower with
+# the inputs the gateway sends it.
+from services.gateway.config import GatewayConfig
+from services.gateway.recommend import (
+    CONTENT_MODEL,
+    Hit,
+    ModelSearch,
+    ProfileSearch,
+    Recommendation,
+    Recommender,
+    RecommendQuery,
+    Scored,
+    UserHistory,
+    user_inputs,
+)
 
-__all__ = ["user_inputs"]
+__all__ = [
+    "CONTENT_MODEL",
+    "GatewayConfig",
+    "Hit",
+    "ModelSearch",
+    "ProfileSearch",
+    "Recommendation",
+    "RecommendQuery",
+    "Recommender",
+    "Scored",
+    "UserHistory",
+    "user_inputs",
+]

@@ -4,6 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.gateway.recommend import RankingSettings
 from shared.config import Env, ServerConfig, default_address, model_dir
 
 PREFIX = "RECSYS_GATEWAY_"
@@ -50,4 +51,15 @@ class GatewayConfig:
             model_content_weight=env.number("MODEL_CONTENT_WEIGHT", 1.0, minimum=0.0),
             new_item_share=env.number("NEW_ITEM_SHARE", 0.1, minimum=0.0, maximum=1.0),
             trainer_address=env.optional_address("TRAINER_ADDRESS", default_address("trainer")),
+        )
+
+    def ranking(self) -> RankingSettings:
+        return RankingSettings(
+            recent_history=self.recent_history,
+            profile_half_life_s=self.profile_half_life_s,
+            popularity_weight=self.popularity_weight,
+            trending_candidates=self.trending_candidates,
+            model_popularity_weight=self.model_popularity_weight,
+            model_content_weight=self.model_content_weight,
+            new_item_share=self.new_item_share,
         )

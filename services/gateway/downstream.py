@@ -3,6 +3,7 @@ retrieval for searches, Triton for the user tower; each call within the caller's
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import grpc
@@ -39,6 +40,57 @@ def _weighted(pairs: Sequence[tuple[str, float]]) -> list[retrieval_pb2.Weighted
     return [retrieval_pb2.WeightedItem(item_id=i, weight=w) for i, w in pairs]
 
 
+def _item_weights(pairs: Sequence[tuple[str, float]]) -> retrieval_pb2.ItemWeights:
+    return retrieval_pb2.ItemWeights(item_ids=[i for i, _ in pairs], weights=[w for _, w in pairs])
+
+
+def _history_request(
+    user_id: str, limit: int, with_seen_ids: bool
+) -> features_pb2.GetUserHistoryRequest:
+    return features_pb2.GetUserHistoryRequest(
+        user_id=user_id, limit=limit, include_seen_item_ids=with_seen_ids
+    )
+
+
+def _history(reply: features_pb2.GetUserHistoryResponse) -> UserHistory:
+    return UserHistory(
+        [interaction_from_proto(i) for i in reply.recent],
+        list(reply.seen_item_ids),
+        reply.first_offset,
+    )
+
+
+class TrendingCache:
+    """The trending lists features sent, by (k, filter), with the version it named them
+    by: a request names the version it holds, and features sends the list again only when
+    it changed (with every event), so that a read-heavy load does not rebuild, send and
+    parse the same list on every call."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity
+        self._lists: OrderedDict[tuple[int, ItemFilter], tuple[str, list[Scored]]] = OrderedDict()
+
+    def known_version(self, k: int, item_filter: ItemFilter) -> str:
+        held = self._lists.get((k, item_filter))
+        return held[0] if held else ""
+
+    def answer(
+        self, k: int, item_filter: ItemFilter, reply: features_pb2.GetTrendingResponse
+    ) -> list[Scored]:
+        key = (k, item_filter)
+        held = self._lists.get(key)
+        if reply.unchanged and held is not None and held[0] == reply.version:
+            self._lists.move_to_end(key)
+            return held[1]
+        found = [Scored(item.item_id, item.score) for item in reply.items]
+        if reply.version:
+            self._lists[key] = (reply.version, found)
+            self._lists.move_to_end(key)
+            while len(self._lists) > self.capacity:
+                self._lists.popitem(last=False)
+        return found
+
+
 class GrpcSources:
     """One request's sources: its deadline bounds every call."""
 
@@ -49,12 +101,14 @@ class GrpcSources:
         retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
         embedding: EmbeddingClient | None,
         context: grpc.aio.ServicerContext,
+        trending_cache: TrendingCache,
     ) -> None:
         self.config = config
         self.features = features
         self.retrieval = retrieval
         self.embedding = embedding
         self.context = context
+        self.trending_cache = trending_cache
         self._filters: dict[ItemFilter, gateway_pb2.Filter] = {}
 
     def _timeout(self) -> float:
@@ -67,27 +121,44 @@ class GrpcSources:
 
     async def history(self, user_id: str, limit: int, with_seen_ids: bool) -> UserHistory:
         reply = await self.features.GetUserHistory(
-            features_pb2.GetUserHistoryRequest(
-                user_id=user_id, limit=limit, include_seen_item_ids=with_seen_ids
-            ),
-            timeout=self._timeout(),
+            _history_request(user_id, limit, with_seen_ids), timeout=self._timeout()
         )
-        return UserHistory(
-            [interaction_from_proto(i) for i in reply.recent],
-            list(reply.seen_item_ids),
-            reply.first_offset,
-        )
+        return _history(reply)
 
     async def trending(
         self, k: int, item_filter: ItemFilter, exclude_item_ids: Sequence[str] = ()
     ) -> list[Scored]:
+        if exclude_item_ids:  # a list of its own: not worth keeping
+            reply = await self.features.GetTrending(
+                features_pb2.GetTrendingRequest(
+                    k=k, filter=self._filter(item_filter), exclude_item_ids=exclude_item_ids
+                ),
+                timeout=self._timeout(),
+            )
+            return [Scored(item.item_id, item.score) for item in reply.items]
         reply = await self.features.GetTrending(
-            features_pb2.GetTrendingRequest(
-                k=k, filter=self._filter(item_filter), exclude_item_ids=exclude_item_ids
+            self._trending_request(k, item_filter), timeout=self._timeout()
+        )
+        return self.trending_cache.answer(k, item_filter, reply)
+
+    async def history_and_trending(
+        self, user_id: str, limit: int, with_seen_ids: bool, k: int, item_filter: ItemFilter
+    ) -> tuple[UserHistory, list[Scored]]:
+        reply = await self.features.GetRankingInputs(
+            features_pb2.GetRankingInputsRequest(
+                history=_history_request(user_id, limit, with_seen_ids),
+                trending=self._trending_request(k, item_filter),
             ),
             timeout=self._timeout(),
         )
-        return [Scored(item.item_id, item.score) for item in reply.items]
+        return _history(reply.history), self.trending_cache.answer(k, item_filter, reply.trending)
+
+    def _trending_request(self, k: int, item_filter: ItemFilter) -> features_pb2.GetTrendingRequest:
+        return features_pb2.GetTrendingRequest(
+            k=k,
+            filter=self._filter(item_filter),
+            known_version=self.trending_cache.known_version(k, item_filter),
+        )
 
     async def user_vector(
         self, model: ServingInfo, user_row: np.ndarray, rows: np.ndarray, weights: np.ndarray
@@ -112,7 +183,7 @@ class GrpcSources:
             k=query.k,
             filter=self._filter(query.item_filter),
             exclude_item_ids=query.exclude_item_ids,
-            boosts=_weighted(query.boosts),
+            boosts=_item_weights(query.boosts),
         )
         if query.reserved_slots:
             request.reserved.CopyFrom(
@@ -139,7 +210,7 @@ class GrpcSources:
                 k=query.k,
                 filter=self._filter(query.item_filter),
                 exclude_item_ids=query.exclude_item_ids,
-                boosts=_weighted(query.boosts),
+                boosts=_item_weights(query.boosts),
             ),
             timeout=self._timeout(),
         )

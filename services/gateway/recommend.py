@@ -11,7 +11,6 @@ filled with trending items the user has not seen. The policy reaches the service
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -128,6 +127,12 @@ class RankingSources(Protocol):
         self, k: int, item_filter: ItemFilter, exclude_item_ids: Sequence[str] = ()
     ) -> list[Scored]: ...
 
+    async def history_and_trending(
+        self, user_id: str, limit: int, with_seen_ids: bool, k: int, item_filter: ItemFilter
+    ) -> tuple[UserHistory, list[Scored]]:
+        """history() and trending(k, item_filter) together, as one call where it can."""
+        ...
+
     async def user_vector(
         self, model: ServingInfo, user_row: np.ndarray, rows: np.ndarray, weights: np.ndarray
     ) -> np.ndarray:
@@ -207,9 +212,7 @@ class Recommender:
         blend = settings.model_popularity_weight > 0
         trending: list[Scored] = []
         if blend:
-            history, trending = await asyncio.gather(
-                self._history(query, limit), self._trending_candidates(query)
-            )
+            history, trending = await self._history_and_trending(query, limit)
         else:
             history = await self._history(query, limit)
         user_row, rows, weights = user_inputs(
@@ -253,9 +256,7 @@ class Recommender:
 
     async def _from_content(self, query: RecommendQuery) -> Recommendation:
         settings = self.settings
-        history, trending = await asyncio.gather(
-            self._history(query, settings.recent_history), self._trending_candidates(query)
-        )
+        history, trending = await self._history_and_trending(query, settings.recent_history)
         picks: list[_Pick] = []
         profile = profile_weights(history.recent, settings.profile_half_life_s)
         if profile:
@@ -277,6 +278,17 @@ class Recommender:
 
     async def _history(self, query: RecommendQuery, limit: int) -> UserHistory:
         return await self.sources.history(query.user_id, limit, not query.include_seen)
+
+    async def _history_and_trending(
+        self, query: RecommendQuery, limit: int
+    ) -> tuple[UserHistory, list[Scored]]:
+        return await self.sources.history_and_trending(
+            query.user_id,
+            limit,
+            not query.include_seen,
+            self.settings.trending_candidates,
+            query.item_filter,
+        )
 
     async def _trending_candidates(self, query: RecommendQuery) -> list[Scored]:
         return await self.sources.trending(self.settings.trending_candidates, query.item_filter)

@@ -16,11 +16,11 @@ from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.gateway.config import GatewayConfig
-from services.gateway.downstream import GrpcSources
+from services.gateway.downstream import GrpcSources, TrendingCache
 from services.gateway.reasons import (
     similar_item_reasons,
 )
-from services.gateway.recommend import CONTENT_MODEL, RankingSettings, Recommender, RecommendQuery
+from services.gateway.recommend import CONTENT_MODEL, Recommender, RecommendQuery
 from services.gateway.serving import ServingModel
 from services.gateway.status import Status, freshness
 from shared.clients import deadline
@@ -63,15 +63,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.embedding = embedding
         self.serving = serving
         self.trainer = trainer
-        self.ranking = RankingSettings(
-            recent_history=config.recent_history,
-            profile_half_life_s=config.profile_half_life_s,
-            popularity_weight=config.popularity_weight,
-            trending_candidates=config.trending_candidates,
-            model_popularity_weight=config.model_popularity_weight,
-            model_content_weight=config.model_content_weight,
-            new_item_share=config.new_item_share,
-        )
+        self.trending_cache = TrendingCache()
+        self.ranking = config.ranking()
 
     def _model(self) -> ServingInfo | None:
         """The version this request uses from start to end, read once."""
@@ -254,7 +247,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             include_seen=request.include_seen,
             explain=request.explain,
         )
-        sources = GrpcSources(self.config, self.features, self.retrieval, self.embedding, context)
+        sources = GrpcSources(
+            self.config,
+            self.features,
+            self.retrieval,
+            self.embedding,
+            context,
+            self.trending_cache,
+        )
         answer = await Recommender(self.ranking, sources).recommend(query, self._model())
         return gateway_pb2.RecommendResponse(
             items=[

@@ -1,8 +1,17 @@
 """The retrieval service: FAISS indexes with upsert, delete, filters and versions."""
 
-# For in-process use (the benchmark's baseline): the index the service searches, rebuilt
-# from what a service stored.
-from services.retrieval.indexes import read_stored_index
+# For in-process use (the benchmark's baselines): the indexes the service searches, rebuilt
+# from what a service stored, and the registry that answers its searches.
+from services.retrieval.indexes import IndexRegistry, ProfileTerm, ReservedSlots, read_stored_index
 from services.retrieval.vector_index import IndexSettings, VectorIndex
+from services.retrieval.vector_store import VectorStore
 
-__all__ = ["IndexSettings", "VectorIndex", "read_stored_index"]
+__all__ = [
+    "IndexRegistry",
+    "IndexSettings",
+    "ProfileTerm",
+    "ReservedSlots",
+    "VectorIndex",
+    "VectorStore",
+    "read_stored_index",
+]

@@ -28,6 +28,7 @@ from shared.items import (
     CONTENT_INDEX,
     ItemFilter,
     validate_batch_size,
+    validate_each_id,
     validate_id,
     validate_ids,
     validate_k,
@@ -122,10 +123,11 @@ def _validate_reserved(reserved: ReservedSlots, k: int) -> None:
 def _validate_weighted(items: Sequence[tuple[str, float]], field: str) -> None:
     if len(items) > MAX_PROFILE:
         raise InvalidArgument(field, f"has more than {MAX_PROFILE} items")
-    for i, (item_id, weight) in enumerate(items):
-        validate_id(item_id, f"{field}[{i}].item_id")
-        if not math.isfinite(weight):
-            raise InvalidArgument(f"{field}[{i}].weight", "must be a finite number")
+    validate_each_id([item_id for item_id, _ in items], field, ".item_id")
+    weights = np.fromiter((w for _, w in items), dtype=np.float64, count=len(items))
+    bad = np.flatnonzero(~np.isfinite(weights))
+    if len(bad):
+        raise InvalidArgument(f"{field}[{bad[0]}].weight", "must be a finite number")
 
 
 class IndexRegistry:

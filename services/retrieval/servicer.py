@@ -8,6 +8,7 @@ from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.indexes import IndexRegistry, ProfileTerm, Record, ReservedSlots
 from services.retrieval.vector_index import Hit
 from shared.convert import filter_from_proto
+from shared.errors import InvalidArgument
 
 
 def _hits(hits: list[Hit]) -> list[retrieval_pb2.Hit]:
@@ -21,6 +22,15 @@ def _hits(hits: list[Hit]) -> list[retrieval_pb2.Hit]:
         )
         for h in hits
     ]
+
+
+def _weights(weights: retrieval_pb2.ItemWeights, field: str) -> list[tuple[str, float]]:
+    if len(weights.item_ids) != len(weights.weights):
+        raise InvalidArgument(
+            field,
+            f"has {len(weights.item_ids)} item_ids but {len(weights.weights)} weights",
+        )
+    return list(zip(weights.item_ids, weights.weights, strict=True))
 
 
 def _profile_term(term: retrieval_pb2.ProfileTerm) -> ProfileTerm:
@@ -53,7 +63,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             request.k,
             filter_from_proto(request.filter),
             list(request.exclude_item_ids),
-            [(b.item_id, b.weight) for b in request.boosts],
+            _weights(request.boosts, "boosts"),
             _profile_term(request.profile) if request.HasField("profile") else None,
             ReservedSlots(request.reserved.slots, request.reserved.category)
             if request.HasField("reserved")
@@ -86,7 +96,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             request.k,
             filter_from_proto(request.filter),
             list(request.exclude_item_ids),
-            [(b.item_id, b.weight) for b in request.boosts],
+            _weights(request.boosts, "boosts"),
         )
         return retrieval_pb2.SearchByProfileResponse(hits=_hits(hits), profile_items_found=found)
 

@@ -207,8 +207,12 @@ class VectorIndex:
         pool: int,
     ) -> list[Hit]:
         """Top-k by similarity plus boost. The candidates are the `k + pool` nearest items
-        and every boosted item, so a strongly boosted item can win from further away."""
+        and every boosted item, so a strongly boosted item can win from further away; a
+        flat index scores every item instead, which costs less than gathering them."""
         excluded = set(exclude)
+        exact = self.exact_scores(query, item_filter, excluded, boosts)
+        if exact is not None:
+            return exact.top(k)
         nearest = self.search(query, k + pool if boosts else k, item_filter, excluded)
         scores = {h.item_id: h.score + boosts.get(h.item_id, 0.0) for h in nearest}
         extra = [i for i in boosts if i not in scores and self.admits(i, item_filter, excluded)]
@@ -337,21 +341,40 @@ class VectorIndex:
         """Every row's similarity here plus `other_weight` times the item's similarity in
         `other` (0 where it lacks the item) plus its boost, computed exhaustively; None
         where either index is HNSW, whose sizes make a full pass too slow."""
-        mine, theirs = self._flat_matrix(), other._flat_matrix()
-        if mine is None or theirs is None:
+        theirs = other._flat_matrix()
+        if theirs is None:
+            return None
+        their_scores = None
+        if other_weight:
+            similarity = theirs @ np.asarray(other_query, dtype=np.float32).reshape(-1)
+            # The appended 0 is what row -1 (an item `other` lacks) picks up.
+            their_scores = (
+                np.float32(other_weight)
+                * np.append(similarity, np.float32(0))[self._rows_in(other)]
+            )
+        return self.exact_scores(query, item_filter, exclude, boosts, their_scores)
+
+    def exact_scores(
+        self,
+        query: np.ndarray,
+        item_filter: ItemFilter,
+        exclude: Iterable[str],
+        boosts: Mapping[str, float],
+        added: np.ndarray | None = None,
+    ) -> RowScores | None:
+        """Every row's similarity plus its boost (plus `added`, by row), computed
+        exhaustively; None for HNSW, whose sizes make a full pass too slow."""
+        mine = self._flat_matrix()
+        if mine is None:
             return None
         total = mine @ np.asarray(query, dtype=np.float32).reshape(-1)
-        if other_weight:
-            their_scores = theirs @ np.asarray(other_query, dtype=np.float32).reshape(-1)
-            # The appended 0 is what row -1 (an item `other` lacks) picks up.
-            total += (
-                np.float32(other_weight)
-                * np.append(their_scores, np.float32(0))[self._rows_in(other)]
-            )
-        for item_id, boost in boosts.items():
-            row = self._rows.get(item_id)
-            if row is not None:
-                total[row] += boost
+        if added is not None:
+            total += added
+        if boosts:
+            rows = np.fromiter((self._rows.get(i, -1) for i in boosts), np.int64, len(boosts))
+            values = np.fromiter(boosts.values(), np.float32, len(boosts))
+            known = rows >= 0
+            total[rows[known]] += values[known]  # ids are unique: no row is boosted twice
         mask = self._mask(item_filter, set(exclude))
         total[~(self._alive if mask is None else mask)] = -np.inf
         return RowScores(self, total)

@@ -110,3 +110,36 @@ def test_read_events_returns_when_the_log_appended_each_event(features: ServiceP
     (logged,) = reply.events
     assert logged.event.event_id == "appended-at-1" and logged.event.timestamp == happened
     assert before - 0.01 <= timestamp_seconds(logged.appended_at) <= after + 0.01
+
+
+def test_ranking_inputs_send_the_trending_list_again_only_once_it_changed(
+    features: ServiceProcess,
+) -> None:
+    stub = stub_of(features)
+    upsert(features, MOVIES)
+
+    def inputs(known_version: str = "") -> features_pb2.GetRankingInputsResponse:
+        return stub.GetRankingInputs(
+            features_pb2.GetRankingInputsRequest(
+                history=features_pb2.GetUserHistoryRequest(
+                    user_id="cached", limit=10, include_seen_item_ids=True
+                ),
+                trending=features_pb2.GetTrendingRequest(k=2, known_version=known_version),
+            ),
+            timeout=10,
+        )
+
+    first = inputs()
+    assert len(first.trending.items) == 2 and not first.trending.unchanged
+    again = inputs(first.trending.version)
+    assert again.trending.unchanged and not again.trending.items
+    assert again.trending.version == first.trending.version
+    event = gateway_pb2.Event(
+        event_id="cached-1", user_id="cached", item_id="3", type=gateway_pb2.EVENT_TYPE_PURCHASE
+    )
+    stub.AppendEvents(features_pb2.AppendEventsRequest(events=[event]), timeout=10)
+    after = inputs(first.trending.version)
+    assert not after.trending.unchanged and after.trending.version != first.trending.version
+    assert after.trending.items[0].item_id == "3"
+    assert [i.item_id for i in after.history.recent] == ["3"]
+    assert list(after.history.seen_item_ids) == ["3"]

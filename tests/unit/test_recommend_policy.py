@@ -66,6 +66,13 @@ class Catalogue:
         self.trending_asks.append((k, item_filter, tuple(exclude_item_ids)))
         return [t for t in self.trending_items if t.item_id not in exclude_item_ids][:k]
 
+    async def history_and_trending(
+        self, user_id: str, limit: int, with_seen_ids: bool, k: int, item_filter: ItemFilter
+    ) -> tuple[UserHistory, list[Scored]]:
+        return await self.history(user_id, limit, with_seen_ids), await self.trending(
+            k, item_filter
+        )
+
     async def user_vector(
         self, model: ServingInfo, user_row: np.ndarray, rows: np.ndarray, weights: np.ndarray
     ) -> np.ndarray:

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from recsys.gateway.v1 import gateway_pb2 as recsys_dot_gateway_dot_v1_dot_gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!recsys/features/v1/features.proto\x12\x12recsys.features.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1frecsys/gateway/v1/gateway.proto\"?\n\x13\x41ppendEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.recsys.gateway.v1.Event\"Q\n\x14\x41ppendEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x13\n\x0blast_offset\x18\x03 \x01(\x03\"w\n\x0bLoggedEvent\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\'\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x18.recsys.gateway.v1.Event\x12/\n\x0b\x61ppended_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x11ReadEventsRequest\x12\x13\n\x0b\x66rom_offset\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"Y\n\x12ReadEventsResponse\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1f.recsys.features.v1.LoggedEvent\x12\x12\n\nend_offset\x18\x02 \x01(\x03\"\x88\x01\n\x0bInteraction\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.recsys.gateway.v1.EventType\x12\r\n\x05value\x18\x03 \x01(\x02\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x15GetUserHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x1d\n\x15include_seen_item_ids\x18\x03 \x01(\x08\"v\n\x16GetUserHistoryResponse\x12/\n\x06recent\x18\x01 \x03(\x0b\x32\x1f.recsys.features.v1.Interaction\x12\x15\n\rseen_item_ids\x18\x02 \x03(\t\x12\x14\n\x0c\x66irst_offset\x18\x03 \x01(\x03\"d\n\x12GetTrendingRequest\x12\t\n\x01k\x18\x01 \x01(\x05\x12)\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\"C\n\x13GetTrendingResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.recsys.gateway.v1.ScoredItem\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\",\n\x12\x46orgetUserResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x03\"A\n\nItemVector\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\ncategories\x18\x02 \x03(\t\x12\x0e\n\x06vector\x18\x03 \x03(\x02\"<\n\x12UpsertItemsRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\"\x83\x01\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12/\n\x07vectors\x18\x02 \x03(\x0b\x32\x1e.recsys.features.v1.ItemVector\x12\x18\n\x10reused_encodings\x18\x03 \x01(\x05\x12\x0f\n\x07\x65ncoder\x18\x04 \x01(\t\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\":\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"T\n\x10GetItemsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\x12\x18\n\x10missing_item_ids\x18\x02 \x03(\t\"#\n\x12\x45ncodeTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"\x81\x01\n\x13\x45ncodeTextsResponse\x12?\n\x07vectors\x18\x01 \x03(\x0b\x32..recsys.features.v1.EncodeTextsResponse.Vector\x12\x0f\n\x07\x65ncoder\x18\x02 \x01(\t\x1a\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\">\n\x16ListItemVectorsRequest\x12\x15\n\rafter_item_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"f\n\x17ListItemVectorsResponse\x12/\n\x07vectors\x18\x01 \x03(\x0b\x32\x1e.recsys.features.v1.ItemVector\x12\x1a\n\x12next_after_item_id\x18\x02 \x01(\t2\xda\x07\n\x0f\x46\x65\x61turesService\x12^\n\x0bUpsertItems\x12&.recsys.features.v1.UpsertItemsRequest\x1a\'.recsys.features.v1.UpsertItemsResponse\x12^\n\x0b\x44\x65leteItems\x12&.recsys.features.v1.DeleteItemsRequest\x1a\'.recsys.features.v1.DeleteItemsResponse\x12U\n\x08GetItems\x12#.recsys.features.v1.GetItemsRequest\x1a$.recsys.features.v1.GetItemsResponse\x12^\n\x0b\x45ncodeTexts\x12&.recsys.features.v1.EncodeTextsRequest\x1a\'.recsys.features.v1.EncodeTextsResponse\x12\x61\n\x0c\x41ppendEvents\x12\'.recsys.features.v1.AppendEventsRequest\x1a(.recsys.features.v1.AppendEventsResponse\x12[\n\nReadEvents\x12%.recsys.features.v1.ReadEventsRequest\x1a&.recsys.features.v1.ReadEventsResponse\x12g\n\x0eGetUserHistory\x12).recsys.features.v1.GetUserHistoryRequest\x1a*.recsys.features.v1.GetUserHistoryResponse\x12^\n\x0bGetTrending\x12&.recsys.features.v1.GetTrendingRequest\x1a\'.recsys.features.v1.GetTrendingResponse\x12[\n\nForgetUser\x12%.recsys.features.v1.ForgetUserRequest\x1a&.recsys.features.v1.ForgetUserResponse\x12j\n\x0fListItemVectors\x12*.recsys.features.v1.ListItemVectorsRequest\x1a+.recsys.features.v1.ListItemVectorsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!recsys/features/v1/features.proto\x12\x12recsys.features.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1frecsys/gateway/v1/gateway.proto\"?\n\x13\x41ppendEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.recsys.gateway.v1.Event\"Q\n\x14\x41ppendEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x13\n\x0blast_offset\x18\x03 \x01(\x03\"w\n\x0bLoggedEvent\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\'\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x18.recsys.gateway.v1.Event\x12/\n\x0b\x61ppended_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x11ReadEventsRequest\x12\x13\n\x0b\x66rom_offset\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"Y\n\x12ReadEventsResponse\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1f.recsys.features.v1.LoggedEvent\x12\x12\n\nend_offset\x18\x02 \x01(\x03\"\x88\x01\n\x0bInteraction\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.recsys.gateway.v1.EventType\x12\r\n\x05value\x18\x03 \x01(\x02\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x15GetUserHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x1d\n\x15include_seen_item_ids\x18\x03 \x01(\x08\"v\n\x16GetUserHistoryResponse\x12/\n\x06recent\x18\x01 \x03(\x0b\x32\x1f.recsys.features.v1.Interaction\x12\x15\n\rseen_item_ids\x18\x02 \x03(\t\x12\x14\n\x0c\x66irst_offset\x18\x03 \x01(\x03\"{\n\x12GetTrendingRequest\x12\t\n\x01k\x18\x01 \x01(\x05\x12)\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x15\n\rknown_version\x18\x04 \x01(\t\"g\n\x13GetTrendingResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.recsys.gateway.v1.ScoredItem\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tunchanged\x18\x03 \x01(\x08\"\x8f\x01\n\x17GetRankingInputsRequest\x12:\n\x07history\x18\x01 \x01(\x0b\x32).recsys.features.v1.GetUserHistoryRequest\x12\x38\n\x08trending\x18\x02 \x01(\x0b\x32&.recsys.features.v1.GetTrendingRequest\"\x92\x01\n\x18GetRankingInputsResponse\x12;\n\x07history\x18\x01 \x01(\x0b\x32*.recsys.features.v1.GetUserHistoryResponse\x12\x39\n\x08trending\x18\x02 \x01(\x0b\x32\'.recsys.features.v1.GetTrendingResponse\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\",\n\x12\x46orgetUserResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x03\"A\n\nItemVector\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\ncategories\x18\x02 \x03(\t\x12\x0e\n\x06vector\x18\x03 \x03(\x02\"<\n\x12UpsertItemsRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\"\x83\x01\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12/\n\x07vectors\x18\x02 \x03(\x0b\x32\x1e.recsys.features.v1.ItemVector\x12\x18\n\x10reused_encodings\x18\x03 \x01(\x05\x12\x0f\n\x07\x65ncoder\x18\x04 \x01(\t\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\":\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"T\n\x10GetItemsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\x12\x18\n\x10missing_item_ids\x18\x02 \x03(\t\"#\n\x12\x45ncodeTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"\x81\x01\n\x13\x45ncodeTextsResponse\x12?\n\x07vectors\x18\x01 \x03(\x0b\x32..recsys.features.v1.EncodeTextsResponse.Vector\x12\x0f\n\x07\x65ncoder\x18\x02 \x01(\t\x1a\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\">\n\x16ListItemVectorsRequest\x12\x15\n\rafter_item_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"f\n\x17ListItemVectorsResponse\x12/\n\x07vectors\x18\x01 \x03(\x0b\x32\x1e.recsys.features.v1.ItemVector\x12\x1a\n\x12next_after_item_id\x18\x02 \x01(\t2\xc9\x08\n\x0f\x46\x65\x61turesService\x12^\n\x0bUpsertItems\x12&.recsys.features.v1.UpsertItemsRequest\x1a\'.recsys.features.v1.UpsertItemsResponse\x12^\n\x0b\x44\x65leteItems\x12&.recsys.features.v1.DeleteItemsRequest\x1a\'.recsys.features.v1.DeleteItemsResponse\x12U\n\x08GetItems\x12#.recsys.features.v1.GetItemsRequest\x1a$.recsys.features.v1.GetItemsResponse\x12^\n\x0b\x45ncodeTexts\x12&.recsys.features.v1.EncodeTextsRequest\x1a\'.recsys.features.v1.EncodeTextsResponse\x12\x61\n\x0c\x41ppendEvents\x12\'.recsys.features.v1.AppendEventsRequest\x1a(.recsys.features.v1.AppendEventsResponse\x12[\n\nReadEvents\x12%.recsys.features.v1.ReadEventsRequest\x1a&.recsys.features.v1.ReadEventsResponse\x12g\n\x0eGetUserHistory\x12).recsys.features.v1.GetUserHistoryRequest\x1a*.recsys.features.v1.GetUserHistoryResponse\x12^\n\x0bGetTrending\x12&.recsys.features.v1.GetTrendingRequest\x1a\'.recsys.features.v1.GetTrendingResponse\x12m\n\x10GetRankingInputs\x12+.recsys.features.v1.GetRankingInputsRequest\x1a,.recsys.features.v1.GetRankingInputsResponse\x12[\n\nForgetUser\x12%.recsys.features.v1.ForgetUserRequest\x1a&.recsys.features.v1.ForgetUserResponse\x12j\n\x0fListItemVectors\x12*.recsys.features.v1.ListItemVectorsRequest\x1a+.recsys.features.v1.ListItemVectorsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,37 +50,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETUSERHISTORYRESPONSE']._serialized_start=767
   _globals['_GETUSERHISTORYRESPONSE']._serialized_end=885
   _globals['_GETTRENDINGREQUEST']._serialized_start=887
-  _globals['_GETTRENDINGREQUEST']._serialized_end=987
-  _globals['_GETTRENDINGRESPONSE']._serialized_start=989
-  _globals['_GETTRENDINGRESPONSE']._serialized_end=1056
-  _globals['_FORGETUSERREQUEST']._serialized_start=1058
-  _globals['_FORGETUSERREQUEST']._serialized_end=1094
-  _globals['_FORGETUSERRESPONSE']._serialized_start=1096
-  _globals['_FORGETUSERRESPONSE']._serialized_end=1140
-  _globals['_ITEMVECTOR']._serialized_start=1142
-  _globals['_ITEMVECTOR']._serialized_end=1207
-  _globals['_UPSERTITEMSREQUEST']._serialized_start=1209
-  _globals['_UPSERTITEMSREQUEST']._serialized_end=1269
-  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1272
-  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1403
-  _globals['_DELETEITEMSREQUEST']._serialized_start=1405
-  _globals['_DELETEITEMSREQUEST']._serialized_end=1443
-  _globals['_DELETEITEMSRESPONSE']._serialized_start=1445
-  _globals['_DELETEITEMSRESPONSE']._serialized_end=1483
-  _globals['_GETITEMSREQUEST']._serialized_start=1485
-  _globals['_GETITEMSREQUEST']._serialized_end=1543
-  _globals['_GETITEMSRESPONSE']._serialized_start=1545
-  _globals['_GETITEMSRESPONSE']._serialized_end=1629
-  _globals['_ENCODETEXTSREQUEST']._serialized_start=1631
-  _globals['_ENCODETEXTSREQUEST']._serialized_end=1666
-  _globals['_ENCODETEXTSRESPONSE']._serialized_start=1669
-  _globals['_ENCODETEXTSRESPONSE']._serialized_end=1798
-  _globals['_ENCODETEXTSRESPONSE_VECTOR']._serialized_start=1774
-  _globals['_ENCODETEXTSRESPONSE_VECTOR']._serialized_end=1798
-  _globals['_LISTITEMVECTORSREQUEST']._serialized_start=1800
-  _globals['_LISTITEMVECTORSREQUEST']._serialized_end=1862
-  _globals['_LISTITEMVECTORSRESPONSE']._serialized_start=1864
-  _globals['_LISTITEMVECTORSRESPONSE']._serialized_end=1966
-  _globals['_FEATURESSERVICE']._serialized_start=1969
-  _globals['_FEATURESSERVICE']._serialized_end=2955
+  _globals['_GETTRENDINGREQUEST']._serialized_end=1010
+  _globals['_GETTRENDINGRESPONSE']._serialized_start=1012
+  _globals['_GETTRENDINGRESPONSE']._serialized_end=1115
+  _globals['_GETRANKINGINPUTSREQUEST']._serialized_start=1118
+  _globals['_GETRANKINGINPUTSREQUEST']._serialized_end=1261
+  _globals['_GETRANKINGINPUTSRESPONSE']._serialized_start=1264
+  _globals['_GETRANKINGINPUTSRESPONSE']._serialized_end=1410
+  _globals['_FORGETUSERREQUEST']._serialized_start=1412
+  _globals['_FORGETUSERREQUEST']._serialized_end=1448
+  _globals['_FORGETUSERRESPONSE']._serialized_start=1450
+  _globals['_FORGETUSERRESPONSE']._serialized_end=1494
+  _globals['_ITEMVECTOR']._serialized_start=1496
+  _globals['_ITEMVECTOR']._serialized_end=1561
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=1563
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=1623
+  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1626
+  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1757
+  _globals['_DELETEITEMSREQUEST']._serialized_start=1759
+  _globals['_DELETEITEMSREQUEST']._serialized_end=1797
+  _globals['_DELETEITEMSRESPONSE']._serialized_start=1799
+  _globals['_DELETEITEMSRESPONSE']._serialized_end=1837
+  _globals['_GETITEMSREQUEST']._serialized_start=1839
+  _globals['_GETITEMSREQUEST']._serialized_end=1897
+  _globals['_GETITEMSRESPONSE']._serialized_start=1899
+  _globals['_GETITEMSRESPONSE']._serialized_end=1983
+  _globals['_ENCODETEXTSREQUEST']._serialized_start=1985
+  _globals['_ENCODETEXTSREQUEST']._serialized_end=2020
+  _globals['_ENCODETEXTSRESPONSE']._serialized_start=2023
+  _globals['_ENCODETEXTSRESPONSE']._serialized_end=2152
+  _globals['_ENCODETEXTSRESPONSE_VECTOR']._serialized_start=2128
+  _globals['_ENCODETEXTSRESPONSE_VECTOR']._serialized_end=2152
+  _globals['_LISTITEMVECTORSREQUEST']._serialized_start=2154
+  _globals['_LISTITEMVECTORSREQUEST']._serialized_end=2216
+  _globals['_LISTITEMVECTORSRESPONSE']._serialized_start=2218
+  _globals['_LISTITEMVECTORSRESPONSE']._serialized_end=2320
+  _globals['_FEATURESSERVICE']._serialized_start=2323
+  _globals['_FEATURESSERVICE']._serialized_end=3420
 # @@protoc_insertion_point(module_scope)

@@ -85,20 +85,42 @@ class GetUserHistoryResponse(_message.Message):
     def __init__(self, recent: _Optional[_Iterable[_Union[Interaction, _Mapping]]] = ..., seen_item_ids: _Optional[_Iterable[str]] = ..., first_offset: _Optional[int] = ...) -> None: ...
 
 class GetTrendingRequest(_message.Message):
-    __slots__ = ("k", "filter", "exclude_item_ids")
+    __slots__ = ("k", "filter", "exclude_item_ids", "known_version")
     K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
     k: int
     filter: _gateway_pb2.Filter
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    known_version: str
+    def __init__(self, k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., known_version: _Optional[str] = ...) -> None: ...
 
 class GetTrendingResponse(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "version", "unchanged")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[_gateway_pb2.ScoredItem]
-    def __init__(self, items: _Optional[_Iterable[_Union[_gateway_pb2.ScoredItem, _Mapping]]] = ...) -> None: ...
+    version: str
+    unchanged: bool
+    def __init__(self, items: _Optional[_Iterable[_Union[_gateway_pb2.ScoredItem, _Mapping]]] = ..., version: _Optional[str] = ..., unchanged: _Optional[bool] = ...) -> None: ...
+
+class GetRankingInputsRequest(_message.Message):
+    __slots__ = ("history", "trending")
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    TRENDING_FIELD_NUMBER: _ClassVar[int]
+    history: GetUserHistoryRequest
+    trending: GetTrendingRequest
+    def __init__(self, history: _Optional[_Union[GetUserHistoryRequest, _Mapping]] = ..., trending: _Optional[_Union[GetTrendingRequest, _Mapping]] = ...) -> None: ...
+
+class GetRankingInputsResponse(_message.Message):
+    __slots__ = ("history", "trending")
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    TRENDING_FIELD_NUMBER: _ClassVar[int]
+    history: GetUserHistoryResponse
+    trending: GetTrendingResponse
+    def __init__(self, history: _Optional[_Union[GetUserHistoryResponse, _Mapping]] = ..., trending: _Optional[_Union[GetTrendingResponse, _Mapping]] = ...) -> None: ...
 
 class ForgetUserRequest(_message.Message):
     __slots__ = ("user_id",)

@@ -74,6 +74,11 @@ class FeaturesServiceStub:
                 request_serializer=recsys_dot_features_dot_v1_dot_features__pb2.GetTrendingRequest.SerializeToString,
                 response_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.GetTrendingResponse.FromString,
                 _registered_method=True)
+        self.GetRankingInputs = channel.unary_unary(
+                '/recsys.features.v1.FeaturesService/GetRankingInputs',
+                request_serializer=recsys_dot_features_dot_v1_dot_features__pb2.GetRankingInputsRequest.SerializeToString,
+                response_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.GetRankingInputsResponse.FromString,
+                _registered_method=True)
         self.ForgetUser = channel.unary_unary(
                 '/recsys.features.v1.FeaturesService/ForgetUser',
                 request_serializer=recsys_dot_features_dot_v1_dot_features__pb2.ForgetUserRequest.SerializeToString,
@@ -143,6 +148,14 @@ class FeaturesServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRankingInputs(self, request, context):
+        """What ranking a user's recommendations reads, in one call: the user's history and the
+        trending list.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ForgetUser(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -199,6 +212,11 @@ def add_FeaturesServiceServicer_to_server(servicer, server):
                     servicer.GetTrending,
                     request_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.GetTrendingRequest.FromString,
                     response_serializer=recsys_dot_features_dot_v1_dot_features__pb2.GetTrendingResponse.SerializeToString,
+            ),
+            'GetRankingInputs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRankingInputs,
+                    request_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.GetRankingInputsRequest.FromString,
+                    response_serializer=recsys_dot_features_dot_v1_dot_features__pb2.GetRankingInputsResponse.SerializeToString,
             ),
             'ForgetUser': grpc.unary_unary_rpc_method_handler(
                     servicer.ForgetUser,
@@ -427,6 +445,33 @@ class FeaturesService:
             '/recsys.features.v1.FeaturesService/GetTrending',
             recsys_dot_features_dot_v1_dot_features__pb2.GetTrendingRequest.SerializeToString,
             recsys_dot_features_dot_v1_dot_features__pb2.GetTrendingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRankingInputs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.features.v1.FeaturesService/GetRankingInputs',
+            recsys_dot_features_dot_v1_dot_features__pb2.GetRankingInputsRequest.SerializeToString,
+            recsys_dot_features_dot_v1_dot_features__pb2.GetRankingInputsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,14 @@ class WeightedItem(_message.Message):
     weight: float
     def __init__(self, item_id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
+class ItemWeights(_message.Message):
+    __slots__ = ("item_ids", "weights")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., weights: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class SearchByProfileRequest(_message.Message):
     __slots__ = ("index", "profile", "k", "filter", "exclude_item_ids", "boosts")
     INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -52,8 +60,8 @@ class SearchByProfileRequest(_message.Message):
     k: int
     filter: _gateway_pb2.Filter
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
-    boosts: _containers.RepeatedCompositeFieldContainer[WeightedItem]
-    def __init__(self, index: _Optional[str] = ..., profile: _Optional[_Iterable[_Union[WeightedItem, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., boosts: _Optional[_Iterable[_Union[WeightedItem, _Mapping]]] = ...) -> None: ...
+    boosts: ItemWeights
+    def __init__(self, index: _Optional[str] = ..., profile: _Optional[_Iterable[_Union[WeightedItem, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., boosts: _Optional[_Union[ItemWeights, _Mapping]] = ...) -> None: ...
 
 class SearchByProfileResponse(_message.Message):
     __slots__ = ("hits", "profile_items_found")
@@ -106,10 +114,10 @@ class SearchRequest(_message.Message):
     k: int
     filter: _gateway_pb2.Filter
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
-    boosts: _containers.RepeatedCompositeFieldContainer[WeightedItem]
+    boosts: ItemWeights
     profile: ProfileTerm
     reserved: ReservedSlots
-    def __init__(self, index: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., boosts: _Optional[_Iterable[_Union[WeightedItem, _Mapping]]] = ..., profile: _Optional[_Union[ProfileTerm, _Mapping]] = ..., reserved: _Optional[_Union[ReservedSlots, _Mapping]] = ...) -> None: ...
+    def __init__(self, index: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., boosts: _Optional[_Union[ItemWeights, _Mapping]] = ..., profile: _Optional[_Union[ProfileTerm, _Mapping]] = ..., reserved: _Optional[_Union[ReservedSlots, _Mapping]] = ...) -> None: ...
 
 class ReservedSlots(_message.Message):
     __slots__ = ("slots", "category")

@@ -1,0 +1,189 @@
+"""Recommend in one process, without gRPC: the gateway's ranking policy (`Recommender`) over
+the services' own domain code: features' histories and trending, retrieval's indexes and
+the live version's TorchScript user tower (what Triton runs). It answers from a copy of a
+suite's stored state, so that the benchmark can put the suite's CPU per call next to what
+the same ranking costs with no plumbing at all.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from services.features import Behaviour, CatalogStore, FeaturesConfig, SqliteEventLog, Trending
+from services.gateway import (
+    GatewayConfig,
+    Hit,
+    ModelSearch,
+    ProfileSearch,
+    Recommendation,
+    Recommender,
+    RecommendQuery,
+    Scored,
+    UserHistory,
+)
+from services.retrieval import IndexRegistry, IndexSettings, ProfileTerm, ReservedSlots, VectorStore
+from shared.items import ItemFilter
+from shared.model_store import ModelStore, ServingInfo
+
+
+def _copy_database(source: Path, target: Path) -> Path:
+    """A consistent copy of a SQLite file that a running service may be writing."""
+    with sqlite3.connect(source) as origin, sqlite3.connect(target) as copy:
+        origin.backup(copy)
+    return target
+
+
+@dataclass(frozen=True)
+class SuiteState:
+    """Where a suite keeps what Recommend reads (RECSYS_DATA_DIR's layout)."""
+
+    data_dir: Path
+    model_dir: Path
+
+    @property
+    def events(self) -> Path:
+        return self.data_dir / "features" / "events.sqlite3"
+
+    @property
+    def catalogue(self) -> Path:
+        return self.data_dir / "features" / "catalog.sqlite3"
+
+    @property
+    def vectors(self) -> Path:
+        return self.data_dir / "retrieval" / "vectors.sqlite3"
+
+
+class InProcessSources:
+    """RankingSources over the services' domain objects, in this process."""
+
+    def __init__(
+        self,
+        behaviour: Behaviour,
+        registry: IndexRegistry,
+        titles: dict[str, str],
+        user_tower: torch.jit.ScriptModule | None,
+    ) -> None:
+        self.behaviour = behaviour
+        self.registry = registry
+        self._titles = titles
+        self.user_tower = user_tower
+
+    async def history(self, user_id: str, limit: int, with_seen_ids: bool) -> UserHistory:
+        found = self.behaviour.history(user_id, limit, with_seen_ids)
+        return UserHistory(found.recent, found.seen, found.first_offset)
+
+    async def trending(
+        self, k: int, item_filter: ItemFilter, exclude_item_ids: Sequence[str] = ()
+    ) -> list[Scored]:
+        found = self.behaviour.trending_items(k, item_filter, exclude_item_ids)
+        return [Scored(item_id, score) for item_id, score in found]
+
+    async def history_and_trending(
+        self, user_id: str, limit: int, with_seen_ids: bool, k: int, item_filter: ItemFilter
+    ) -> tuple[UserHistory, list[Scored]]:
+        history = await self.history(user_id, limit, with_seen_ids)
+        return history, await self.trending(k, item_filter)
+
+    async def user_vector(
+        self, model: ServingInfo, user_row: np.ndarray, rows: np.ndarray, weights: np.ndarray
+    ) -> np.ndarray:
+        assert self.user_tower is not None, "no model version to answer from"
+        with torch.inference_mode():
+            vector = self.user_tower(
+                torch.from_numpy(user_row), torch.from_numpy(rows), torch.from_numpy(weights)
+            )
+        return np.asarray(vector.numpy(), dtype=np.float32)
+
+    async def search(self, query: ModelSearch) -> list[Hit]:
+        profile = (
+            ProfileTerm(query.profile_index, query.profile, query.profile_weight)
+            if query.profile
+            else None
+        )
+        reserved = (
+            ReservedSlots(query.reserved_slots, query.reserved_category)
+            if query.reserved_slots
+            else None
+        )
+        hits = self.registry.search(
+            query.index,
+            query.vector.tolist(),
+            query.k,
+            query.item_filter,
+            query.exclude_item_ids,
+            query.boosts,
+            profile,
+            reserved,
+        )
+        return [Hit(h.item_id, h.score, reserved=h.reserved) for h in hits]
+
+    async def search_by_profile(self, query: ProfileSearch) -> list[Hit]:
+        hits, _ = self.registry.search_by_profile(
+            query.index,
+            query.profile,
+            query.k,
+            query.item_filter,
+            query.exclude_item_ids,
+            query.boosts,
+        )
+        return [Hit(h.item_id, h.score, h.closest_profile_item_id) for h in hits]
+
+    async def titles(self, item_ids: Sequence[str]) -> dict[str, str]:
+        return {i: self._titles.get(i, i) for i in item_ids}
+
+
+class InProcessRecommend:
+    """A suite's state copied into this process and ranked by its gateway's policy. Close
+    it (or use it as a context manager) to remove the copies."""
+
+    def __init__(self, state: SuiteState, env: Mapping[str, str]) -> None:
+        """`env`: the suite's environment, whose settings (RECSYS_GATEWAY_*, the
+        trending half-life) the copy ranks by."""
+        config = GatewayConfig.from_env(env)
+        half_life_s = FeaturesConfig.from_env(env).trending_half_life_s
+        self._tmp = tempfile.TemporaryDirectory(prefix="recsys-in-process-")
+        tmp = Path(self._tmp.name)
+        catalogue = CatalogStore(_copy_database(state.catalogue, tmp / "catalog.sqlite3"))
+        categories = catalogue.all_categories()
+        stored = catalogue.get(sorted(categories))
+        titles = {item_id: s.item.title or item_id for item_id, s in stored.items()}
+        catalogue.close()
+        self.log = SqliteEventLog(_copy_database(state.events, tmp / "events.sqlite3"))
+        self.behaviour = Behaviour(self.log, Trending(half_life_s), categories)
+        self.behaviour.restore()
+        self.vectors = VectorStore(_copy_database(state.vectors, tmp / "vectors.sqlite3"))
+        self.registry = IndexRegistry(self.vectors, tmp / "snapshots", IndexSettings())
+        self.registry.restore()
+        store = ModelStore(state.model_dir)
+        live = store.live()
+        self.model = (
+            store.serving(live.version, live.trained_through_offset) if live is not None else None
+        )
+        tower = None
+        if self.model is not None:
+            path = store.version_dir(self.model.version) / "torchscript" / "user_tower.pt"
+            tower = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+            tower.eval()
+        self.sources = InProcessSources(self.behaviour, self.registry, titles, tower)
+        self.recommender = Recommender(config.ranking(), self.sources)
+
+    async def recommend(self, query: RecommendQuery, with_model: bool = True) -> Recommendation:
+        return await self.recommender.recommend(query, self.model if with_model else None)
+
+    def close(self) -> None:
+        self.log.close()
+        self.vectors.close()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> InProcessRecommend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
