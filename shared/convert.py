@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsys.gateway.v1 import gateway_pb2
 from shared.errors import InvalidArgument
-from shared.events import Event, Interaction, event_type
+from shared.events import Event, EventType, Interaction, event_type
 from shared.items import Item, ItemFilter
 
 
@@ -99,11 +99,15 @@ def event_to_proto(event: Event) -> gateway_pb2.Event:
     )
 
 
+_EVENT_TYPES = {int(t): t for t in EventType}
+
+
 def interaction_from_proto(message: Any) -> Interaction:
-    """From recsys.features.v1.Interaction (typed loosely: this module serves every proto)."""
+    """From recsys.features.v1.Interaction (typed loosely: this module serves every proto).
+    Every Recommend reads a history of them, so the known types are looked up directly."""
     return Interaction(
-        item_id=message.item_id,
-        type=event_type(message.type, "type"),
-        value=message.value,
-        timestamp=timestamp_seconds(message.timestamp),
+        message.item_id,
+        _EVENT_TYPES.get(message.type) or event_type(message.type, "type"),
+        message.value,
+        timestamp_seconds(message.timestamp),
     )

@@ -27,6 +27,7 @@ from services.gateway import (
     RecommendQuery,
     Scored,
     UserHistory,
+    UserVectorCache,
 )
 from services.retrieval import IndexRegistry, IndexSettings, ProfileTerm, ReservedSlots, VectorStore
 from shared.items import ItemFilter
@@ -68,7 +69,7 @@ class InProcessSources:
         behaviour: Behaviour,
         registry: IndexRegistry,
         titles: dict[str, str],
-        user_tower: torch.jit.ScriptModule | None,
+        user_tower: torch.nn.Module | None,  # TorchScript's or a trained model's own
     ) -> None:
         self.behaviour = behaviour
         self.registry = registry
@@ -172,7 +173,9 @@ class InProcessRecommend:
             tower = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
             tower.eval()
         self.sources = InProcessSources(self.behaviour, self.registry, titles, tower)
-        self.recommender = Recommender(config.ranking(), self.sources)
+        self.recommender = Recommender(
+            config.ranking(), self.sources, UserVectorCache(config.user_vector_cache)
+        )
 
     async def recommend(self, query: RecommendQuery, with_model: bool = True) -> Recommendation:
         return await self.recommender.recommend(query, self.model if with_model else None)

@@ -24,7 +24,11 @@ def build(config: FeaturesConfig) -> GrpcService:
     log = SqliteEventLog(config.data_dir / "events.sqlite3")
     catalog = Catalog(store, encoder)
     behaviour = Behaviour(
-        log, Trending(config.trending_half_life_s), catalog.categories, lambda: catalog.revision
+        log,
+        Trending(config.trending_half_life_s),
+        catalog.categories,
+        lambda: catalog.revision,
+        config.history_cache_ids,
     )
     commits = group_commit(behaviour)
     binding = ServiceBinding(

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from services.features.event_log import AppendResult, SqliteEventLog
@@ -20,13 +21,71 @@ from shared.items import ItemFilter, validate_id, validate_k
 MAX_HISTORY = 1_000
 MAX_SEEN = 20_000
 MAX_READ = 10_000
+HISTORY_CACHE_IDS = 500_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # by identity: one read, held by the cache, is one key
 class History:
     recent: list[Interaction]
     seen: list[str]
     first_offset: int  # of the user's oldest event in the log; 0: none
+
+
+HistoryQuery = tuple[int, bool]  # (limit, include_seen)
+
+
+class HistoryCache:
+    """The histories read last, by user, so that a user asked about again reads no SQL;
+    at most `capacity_ids` item ids held in all (recent and seen together), the least
+    recently read going first. A write drops its users' histories after it is durable and
+    before it is acknowledged, and a read that any write overlapped is not kept, so a
+    history found here is the one the log would give."""
+
+    def __init__(self, capacity_ids: int) -> None:
+        self.capacity_ids = capacity_ids
+        self._lock = threading.Lock()
+        self._users: OrderedDict[str, dict[HistoryQuery, History]] = OrderedDict()
+        self._held_ids = 0
+        self._writes = 0
+
+    def get(self, user_id: str, query: HistoryQuery) -> History | None:
+        with self._lock:
+            held = self._users.get(user_id)
+            if held is None or query not in held:
+                return None
+            self._users.move_to_end(user_id)
+            return held[query]
+
+    def mark(self) -> int:
+        """Taken before reading the log; put keeps the read only if no write came since."""
+        with self._lock:
+            return self._writes
+
+    def put(self, user_id: str, query: HistoryQuery, history: History, mark: int) -> None:
+        size = _ids_in(history)
+        with self._lock:
+            if mark != self._writes or size > self.capacity_ids:
+                return
+            held = self._users.setdefault(user_id, {})
+            replaced = held.get(query)
+            self._held_ids += size - (_ids_in(replaced) if replaced else 0)
+            held[query] = history
+            self._users.move_to_end(user_id)
+            while self._held_ids > self.capacity_ids:
+                _, evicted = self._users.popitem(last=False)
+                self._held_ids -= sum(_ids_in(h) for h in evicted.values())
+
+    def drop(self, user_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._writes += 1
+            for user_id in user_ids:
+                dropped = self._users.pop(user_id, None)
+                if dropped:
+                    self._held_ids -= sum(_ids_in(h) for h in dropped.values())
+
+
+def _ids_in(history: History) -> int:
+    return len(history.recent) + len(history.seen) + 1  # an empty history holds a place too
 
 
 class Behaviour:
@@ -36,11 +95,13 @@ class Behaviour:
         trending: Trending,
         catalogue: Mapping[str, Sequence[str]],
         catalogue_revision: Callable[[], int] = lambda: 0,
+        history_cache_ids: int = HISTORY_CACHE_IDS,
     ) -> None:
         self.log = log
         self.trending = trending
         self.catalogue = catalogue  # item id -> categories, of every item that exists
         self.catalogue_revision = catalogue_revision  # grows with every catalogue write
+        self.histories = HistoryCache(history_cache_ids)
         self._write_lock = threading.Lock()
         # A restart rebuilds the popularity and restarts its count of changes.
         self._incarnation = secrets.token_hex(4)
@@ -59,7 +120,9 @@ class Behaviour:
         """Writes batches already validated (validate_events) in one durable commit."""
         with self._write_lock:
             results = self.log.append(batches)
-            self.trending.add(e.event for r in results for e in r.stored)
+            stored = [e.event for r in results for e in r.stored]
+            self.trending.add(stored)
+            self.histories.drop({e.user_id for e in stored})
         return results
 
     def read(self, from_offset: int, limit: int) -> tuple[list[LoggedEvent], int]:
@@ -69,13 +132,25 @@ class Behaviour:
             raise InvalidArgument("limit", f"must be between 1 and {MAX_READ}")
         return self.log.read(max(from_offset, 1), limit), self.log.end_offset()
 
-    def history(self, user_id: str, limit: int, include_seen: bool) -> History:
+    def cached_history(self, user_id: str, limit: int, include_seen: bool) -> History | None:
+        """The history, if it is at hand without reading the log; else None."""
         validate_id(user_id, "user_id")
         if not 0 <= limit <= MAX_HISTORY:
             raise InvalidArgument("limit", f"must be between 0 and {MAX_HISTORY}")
+        return self.histories.get(user_id, (limit, include_seen))
+
+    def history(self, user_id: str, limit: int, include_seen: bool) -> History:
+        """The user's latest `limit` interactions, newest first, and with include_seen
+        every item the user acted on."""
+        held = self.cached_history(user_id, limit, include_seen)
+        if held is not None:
+            return held
+        mark = self.histories.mark()
         recent = self.log.history(user_id, limit) if limit else []
         seen = self.log.seen_items(user_id, MAX_SEEN) if include_seen else []
-        return History(recent, seen, self.log.first_offset(user_id) if recent else 0)
+        history = History(recent, seen, self.log.first_offset(user_id) if recent else 0)
+        self.histories.put(user_id, (limit, include_seen), history, mark)
+        return history
 
     def trending_items(
         self, k: int, item_filter: ItemFilter, exclude: Sequence[str]
@@ -124,6 +199,7 @@ class Behaviour:
         with self._write_lock:
             removed = self.log.forget_user(user_id)
             self.trending.remove(removed)
+            self.histories.drop([user_id])
         return len(removed)
 
 

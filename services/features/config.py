@@ -4,6 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.features.behaviour import HISTORY_CACHE_IDS
 from shared.config import Env, ServerConfig, data_root
 
 PREFIX = "RECSYS_FEATURES_"
@@ -16,6 +17,7 @@ class FeaturesConfig:
     encode_batch_size: int
     torch_threads: int
     trending_half_life_s: float
+    history_cache_ids: int  # item ids of the histories kept in memory, in all; 0: none
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FeaturesConfig:
@@ -26,4 +28,5 @@ class FeaturesConfig:
             encode_batch_size=env.integer("ENCODE_BATCH_SIZE", 64, minimum=1, maximum=4096),
             torch_threads=env.integer("TORCH_THREADS", 0, minimum=0, maximum=256),
             trending_half_life_s=env.number("TRENDING_HALF_LIFE_S", 7 * 24 * 3600.0, minimum=1.0),
+            history_cache_ids=env.integer("HISTORY_CACHE_IDS", HISTORY_CACHE_IDS, minimum=0),
         )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 import grpc
 
 from recsys.features.v1 import features_pb2, features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2
-from services.features.behaviour import Behaviour, GroupCommit
+from services.features.behaviour import Behaviour, GroupCommit, History
 from services.features.catalog import Catalog
 from services.features.catalog_store import StoredItem
 from shared.convert import (
@@ -31,11 +32,30 @@ def _item_vector(stored: StoredItem) -> features_pb2.ItemVector:
     )
 
 
+def _history_reply(history: History) -> features_pb2.GetUserHistoryResponse:
+    return features_pb2.GetUserHistoryResponse(
+        recent=[
+            features_pb2.Interaction(
+                item_id=i.item_id,
+                type=int(i.type),
+                value=i.value,
+                timestamp=timestamp_of(i.timestamp),
+            )
+            for i in history.recent
+        ],
+        seen_item_ids=history.seen,
+        first_offset=history.first_offset,
+    )
+
+
 class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
     def __init__(self, catalog: Catalog, behaviour: Behaviour, commits: GroupCommit) -> None:
         self.catalog = catalog
         self.behaviour = behaviour
         self.commits = commits
+        # Each history's reply, built once; it goes when the history leaves the cache.
+        self._replies: weakref.WeakKeyDictionary[History, features_pb2.GetUserHistoryResponse]
+        self._replies = weakref.WeakKeyDictionary()
 
     async def UpsertItems(
         self, request: features_pb2.UpsertItemsRequest, context: grpc.aio.ServicerContext
@@ -133,22 +153,15 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
     async def _history(
         self, request: features_pb2.GetUserHistoryRequest
     ) -> features_pb2.GetUserHistoryResponse:
-        history = await asyncio.to_thread(
-            self.behaviour.history, request.user_id, request.limit, request.include_seen_item_ids
-        )
-        return features_pb2.GetUserHistoryResponse(
-            recent=[
-                features_pb2.Interaction(
-                    item_id=i.item_id,
-                    type=int(i.type),
-                    value=i.value,
-                    timestamp=timestamp_of(i.timestamp),
-                )
-                for i in history.recent
-            ],
-            seen_item_ids=history.seen,
-            first_offset=history.first_offset,
-        )
+        query = (request.user_id, request.limit, request.include_seen_item_ids)
+        # A history at hand is answered on the event loop: cheaper than a hop to a thread.
+        history = self.behaviour.cached_history(*query)
+        if history is None:
+            history = await asyncio.to_thread(self.behaviour.history, *query)
+        reply = self._replies.get(history)
+        if reply is None:
+            reply = self._replies[history] = _history_reply(history)
+        return reply
 
     def _trending(
         self, request: features_pb2.GetTrendingRequest

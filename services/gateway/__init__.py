@@ -14,6 +14,7 @@ from services.gateway.recommend import (
     RecommendQuery,
     Scored,
     UserHistory,
+    UserVectorCache,
     user_inputs,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "Recommender",
     "Scored",
     "UserHistory",
+    "UserVectorCache",
     "user_inputs",
 ]

@@ -29,6 +29,7 @@ class GatewayConfig:
     model_content_weight: float  # content-profile similarity added to the model's scores
     new_item_share: float  # of k, places kept for items the serving version has not learned
     trainer_address: str  # the continual trainer, told of forgotten users; "": none deployed
+    user_vector_cache: int  # users whose last user-tower vector is kept; 0: none
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -51,6 +52,7 @@ class GatewayConfig:
             model_content_weight=env.number("MODEL_CONTENT_WEIGHT", 1.0, minimum=0.0),
             new_item_share=env.number("NEW_ITEM_SHARE", 0.1, minimum=0.0, maximum=1.0),
             trainer_address=env.optional_address("TRAINER_ADDRESS", default_address("trainer")),
+            user_vector_cache=env.integer("USER_VECTOR_CACHE", 10_000, minimum=0),
         )
 
     def ranking(self) -> RankingSettings:

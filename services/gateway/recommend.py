@@ -12,6 +12,7 @@ filled with trending items the user has not seen. The policy reaches the service
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -136,7 +137,8 @@ class RankingSources(Protocol):
     async def user_vector(
         self, model: ServingInfo, user_row: np.ndarray, rows: np.ndarray, weights: np.ndarray
     ) -> np.ndarray:
-        """Raises UserVectorUnavailable."""
+        """The user tower's vector for these inputs (user_inputs); raises
+        UserVectorUnavailable."""
         ...
 
     async def search(self, query: ModelSearch) -> list[Hit]: ...
@@ -147,6 +149,44 @@ class RankingSources(Protocol):
 
 
 # The policy ---------------------------------------------------------------------------------
+
+
+class UserVectorCache:
+    """The user tower's last answer for each user, with the inputs it was given: the same
+    inputs to the same loaded version give the same vector, so a user who comes back with
+    no new event costs no call to the user tower. An event changes the inputs and a new version is
+    a new ServingInfo, so neither can be answered from here; ForgetUser drops the user."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._vectors: OrderedDict[str, tuple[ServingInfo, bytes, np.ndarray]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def inputs(user_row: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> bytes:
+        return user_row.tobytes() + rows.tobytes() + weights.tobytes()
+
+    def get(self, model: ServingInfo, user_id: str, inputs: bytes) -> np.ndarray | None:
+        held = self._vectors.get(user_id)
+        if held is None or held[0] is not model or held[1] != inputs:
+            self.misses += 1
+            return None
+        self._vectors.move_to_end(user_id)
+        self.hits += 1
+        return held[2]
+
+    def put(self, model: ServingInfo, user_id: str, inputs: bytes, vector: np.ndarray) -> None:
+        if self.capacity == 0:
+            return
+        vector.flags.writeable = False  # shared by every request that hits it
+        self._vectors[user_id] = (model, inputs, vector)
+        self._vectors.move_to_end(user_id)
+        while len(self._vectors) > self.capacity:
+            self._vectors.popitem(last=False)
+
+    def forget(self, user_id: str) -> None:
+        self._vectors.pop(user_id, None)
 
 
 def user_inputs(
@@ -186,9 +226,16 @@ class _Pick:
 
 
 class Recommender:
-    def __init__(self, settings: RankingSettings, sources: RankingSources) -> None:
+    def __init__(
+        self,
+        settings: RankingSettings,
+        sources: RankingSources,
+        user_vectors: UserVectorCache | None = None,
+    ) -> None:
+        """`user_vectors`: kept across requests (the caller owns it); None keeps none."""
         self.settings = settings
         self.sources = sources
+        self.user_vectors = user_vectors or UserVectorCache(0)
 
     async def recommend(self, query: RecommendQuery, model: ServingInfo | None) -> Recommendation:
         """From `model` (read once by the caller, so the request never mixes versions), or
@@ -220,7 +267,7 @@ class Recommender:
         )
         picks: list[_Pick] = []
         if user_row[0, 0] or rows.any():
-            vector = await self.sources.user_vector(model, user_row, rows, weights)
+            vector = await self._user_vector(query.user_id, model, user_row, rows, weights)
             with_profile = settings.model_content_weight > 0 and history.recent
             hits = await self.sources.search(
                 ModelSearch(
@@ -253,6 +300,22 @@ class Recommender:
         return await self._answer(
             query, picks, history, CONTENT_MODEL if fallback else model.name, fallback
         )
+
+    async def _user_vector(
+        self,
+        user_id: str,
+        model: ServingInfo,
+        user_row: np.ndarray,
+        rows: np.ndarray,
+        weights: np.ndarray,
+    ) -> np.ndarray:
+        inputs = UserVectorCache.inputs(user_row, rows, weights)
+        held = self.user_vectors.get(model, user_id, inputs)
+        if held is not None:
+            return held
+        vector = await self.sources.user_vector(model, user_row, rows, weights)
+        self.user_vectors.put(model, user_id, inputs, vector)
+        return vector
 
     async def _from_content(self, query: RecommendQuery) -> Recommendation:
         settings = self.settings

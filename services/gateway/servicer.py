@@ -20,7 +20,12 @@ from services.gateway.downstream import GrpcSources, TrendingCache
 from services.gateway.reasons import (
     similar_item_reasons,
 )
-from services.gateway.recommend import CONTENT_MODEL, Recommender, RecommendQuery
+from services.gateway.recommend import (
+    CONTENT_MODEL,
+    Recommender,
+    RecommendQuery,
+    UserVectorCache,
+)
 from services.gateway.serving import ServingModel
 from services.gateway.status import Status, freshness
 from shared.clients import deadline
@@ -64,6 +69,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.serving = serving
         self.trainer = trainer
         self.trending_cache = TrendingCache()
+        self.user_vectors = UserVectorCache(config.user_vector_cache)
         self.ranking = config.ranking()
 
     def _model(self) -> ServingInfo | None:
@@ -255,7 +261,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             context,
             self.trending_cache,
         )
-        answer = await Recommender(self.ranking, sources).recommend(query, self._model())
+        answer = await Recommender(self.ranking, sources, self.user_vectors).recommend(
+            query, self._model()
+        )
         return gateway_pb2.RecommendResponse(
             items=[
                 gateway_pb2.ScoredItem(item_id=i.item_id, score=i.score, reasons=i.reasons)
@@ -275,6 +283,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             features_pb2.ForgetUserRequest(user_id=request.user_id),
             timeout=deadline(context, self.config.write_timeout_s),
         )
+        self.user_vectors.forget(request.user_id)
         reply = gateway_pb2.ForgetUserResponse(events_deleted=events.events_deleted)
         if self.trainer is None:
             return reply

@@ -33,6 +33,9 @@ class RetrievalConfig:
                 ),
                 hnsw_ef_search=env.integer("HNSW_EF_SEARCH", defaults.hnsw_ef_search, minimum=8),
                 brute_force_limit=env.integer("BRUTE_FORCE_LIMIT", defaults.brute_force_limit),
+                similarity_cache_bytes=env.integer(
+                    "SIMILARITY_CACHE_BYTES", defaults.similarity_cache_bytes, minimum=0
+                ),
             ),
             snapshot_interval_s=env.number("SNAPSHOT_INTERVAL_S", 30.0, minimum=0.1),
             # One thread a query keeps tail latency low when many callers search at once.

@@ -8,6 +8,7 @@ threshold, a fresh index is built from the live rows (`rebuilt`) and swapped in 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ class IndexSettings:
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 128
     brute_force_limit: int = 20_000  # filtered HNSW searches this selective go exact
+    # A flat index keeps the similarities of its latest exact queries up to this size.
+    similarity_cache_bytes: int = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class VectorIndex:
         self._category_cache: dict[str, np.ndarray] = {}
         self._changes = 0  # bumped by every mutation: keys the cached row map below
         self._row_map: tuple[VectorIndex, int, int, np.ndarray] | None = None
+        self._similarity_cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._similarity_changes = 0  # the _changes the cached similarities were taken at
 
     # ---- size and state -------------------------------------------------------------
 
@@ -346,7 +351,7 @@ class VectorIndex:
             return None
         their_scores = None
         if other_weight:
-            similarity = theirs @ np.asarray(other_query, dtype=np.float32).reshape(-1)
+            similarity = other._similarities(theirs, other_query)
             # The appended 0 is what row -1 (an item `other` lacks) picks up.
             their_scores = (
                 np.float32(other_weight)
@@ -367,7 +372,7 @@ class VectorIndex:
         mine = self._flat_matrix()
         if mine is None:
             return None
-        total = mine @ np.asarray(query, dtype=np.float32).reshape(-1)
+        total = self._similarities(mine, query).copy()
         if added is not None:
             total += added
         if boosts:
@@ -378,6 +383,29 @@ class VectorIndex:
         mask = self._mask(item_filter, set(exclude))
         total[~(self._alive if mask is None else mask)] = -np.inf
         return RowScores(self, total)
+
+    def _similarities(self, matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """`matrix @ query` over this flat index's rows, read-only. The answers to recent
+        queries are kept until the next write: a user who comes back with no new event
+        sends the same profile vector (and user-tower vector), and the product over every
+        item is most of what a search costs."""
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
+        cache = self._similarity_cache
+        if self._similarity_changes != self._changes:
+            cache.clear()
+            self._similarity_changes = self._changes
+        key = query.tobytes()
+        held = cache.get(key)
+        if held is not None:
+            cache.move_to_end(key)
+            return held
+        similarity = matrix @ query
+        similarity.flags.writeable = False
+        if similarity.nbytes <= self.settings.similarity_cache_bytes:
+            cache[key] = similarity
+            while len(cache) * similarity.nbytes > self.settings.similarity_cache_bytes:
+                cache.popitem(last=False)
+        return similarity
 
     def _flat_matrix(self) -> np.ndarray | None:
         """A flat index's rows (dead ones too) as a matrix view of FAISS's own storage,

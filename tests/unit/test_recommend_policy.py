@@ -22,6 +22,7 @@ from services.gateway.recommend import (
     RecommendQuery,
     Scored,
     UserHistory,
+    UserVectorCache,
     UserVectorUnavailable,
 )
 from shared.events import EventType, Interaction
@@ -54,6 +55,7 @@ class Catalogue:
     profile_searches: list[ProfileSearch] = field(default_factory=list)
     trending_asks: list[tuple[int, ItemFilter, tuple[str, ...]]] = field(default_factory=list)
     history_asks: list[tuple[str, int, bool]] = field(default_factory=list)
+    tower_asks: int = 0
 
     async def history(self, user_id: str, limit: int, with_seen_ids: bool) -> UserHistory:
         self.history_asks.append((user_id, limit, with_seen_ids))
@@ -76,6 +78,7 @@ class Catalogue:
     async def user_vector(
         self, model: ServingInfo, user_row: np.ndarray, rows: np.ndarray, weights: np.ndarray
     ) -> np.ndarray:
+        self.tower_asks += 1
         if self.tower_down:
             raise UserVectorUnavailable("Triton is down")
         return np.ones((1, 4), dtype=np.float32)
@@ -212,3 +215,23 @@ def test_kept_places_are_a_share_of_k_rounded_down(slots_share: float, expected:
         Recommender(settings, catalogue).recommend(RecommendQuery("u", 10), model_version())
     )
     assert catalogue.searches[0].reserved_slots == expected
+
+
+def test_the_user_tower_is_asked_again_only_when_its_inputs_change() -> None:
+    catalogue = Catalogue(
+        histories={"u": UserHistory(rated("liked"), [], 1)}, model_hits=[Hit("a", 1.0)]
+    )
+    recommender = Recommender(SETTINGS, catalogue, UserVectorCache(100))
+    served = model_version()
+
+    def ask(model: ServingInfo) -> list[str]:
+        answer = asyncio.run(recommender.recommend(RecommendQuery("u", 1), model))
+        return [i.item_id for i in answer.items]
+
+    assert ask(served) == ask(served) == ["a"]
+    assert catalogue.tower_asks == 1
+    catalogue.histories["u"] = UserHistory(rated("other", "liked"), [], 1)  # a new event
+    assert ask(served) == ["a"]
+    assert catalogue.tower_asks == 2
+    ask(model_version())  # a version loaded anew
+    assert catalogue.tower_asks == 3

@@ -191,3 +191,22 @@ def test_hybrid_scores_leave_hnsw_indexes_to_the_candidate_search() -> None:
     assert model.kind == HNSW
     taste = model_vectors[1]
     assert model.hybrid_scores(model_vectors[0], content, taste, 1.0, ItemFilter(), [], {}) is None
+
+
+def test_a_repeated_exact_query_scores_the_same_and_follows_every_write() -> None:
+    index, vectors = filled_index(40)
+    query = vectors[3]
+    first = index.search_boosted(query, 3, ItemFilter(), [], {"i7": 5.0}, 0)
+    again = index.search_boosted(query, 3, ItemFilter(), [], {"i7": 5.0}, 0)
+    assert first == again and first[0].item_id == "i7"  # the boost is not kept in the scores
+    assert index.search_boosted(query, 1, ItemFilter(), [], {}, 0)[0].item_id == "i3"
+    index.upsert(["i3"], -query[None, :], [["odd"]])  # the same query, another answer
+    assert index.search_boosted(query, 1, ItemFilter(), [], {}, 0)[0].item_id != "i3"
+    index.delete(["i7"])
+    assert "i7" not in {h.item_id for h in index.search_boosted(query, 40, ItemFilter(), [], {}, 0)}
+
+
+def test_no_similarities_are_kept_when_the_cache_has_no_room() -> None:
+    index, vectors = filled_index(40, IndexSettings(similarity_cache_bytes=0))
+    hits = index.search_boosted(vectors[5], 2, ItemFilter(), [], {}, 0)
+    assert hits[0].item_id == "i5" and not index._similarity_cache
