@@ -4,7 +4,8 @@
     python -m evaluation.offline_continual --blocks 3 --no-prequential \\
         --continual lr=1e-3 --continual lr=3e-3,replay_ratio=3       # compare learner settings
 
-Three subjects share one serving emulation (the gateway's model path, see GatewaySubject):
+Three subjects share one serving: the gateway's own ranking policy on its model path
+(evaluation/served_policy.py), with the content term and the kept places off:
 - full retrain: the trainer's full training before every block (TrainedPerBlock's cache);
 - frozen: the model trained on the history (the first 60%) for every block;
 - continual: starts from that same model and learns the new events with the trainer's
@@ -31,13 +32,8 @@ import torch
 
 from evaluation import protocols
 from evaluation.dataset import Split, split
-from evaluation.offline_two_tower import (
-    GatewaySubject,
-    TrainedPerBlock,
-    item_content,
-    logged,
-)
-from services.features import Trending
+from evaluation.offline_two_tower import TrainedPerBlock, item_content, logged
+from evaluation.served_policy import ServedPolicySubject, movie_categories
 from services.trainer import (
     ContinualConfig,
     ContinualLearner,
@@ -46,7 +42,6 @@ from services.trainer import (
     TrainConfig,
     TrainedModel,
     copy_trained,
-    embed_items,
 )
 from shared.events import LoggedEvent
 from suite.datasets import DatasetEvent, dataset_dir, load_interactions
@@ -72,7 +67,7 @@ DEFAULT_CONTINUAL = "passes=1,lr=3e-3"
 ModelAt = Callable[[Sequence[DatasetEvent]], TrainedModel]
 
 
-class ServedSubject(GatewaySubject):
+class ServedSubject(ServedPolicySubject):
     """The gateway's model path over whichever model `model_at` gives at a block's start."""
 
     def __init__(
@@ -84,30 +79,28 @@ class ServedSubject(GatewaySubject):
         trending_half_life_s: float,
         retrains: bool = True,
     ) -> None:
-        super().__init__(models, popularity_weight, trending_half_life_s)
-        self.name = name
+        super().__init__(
+            name,
+            movie_categories(),
+            models.content,
+            models,
+            trending_half_life_s,
+            model_popularity_weight=popularity_weight,
+            model_content_weight=0.0,
+            new_item_share=0.0,
+        )
+        self.per_block = models
         self.model_at = model_at
         self.retrains = retrains
         self.training_seconds: list[float] = []  # per block: spent training since the last
 
-    def start_block(self, history: Sequence[DatasetEvent], new_items: set[str]) -> None:
-        self.block += 1
-        self.trending = Trending(self.trending.half_life_s)
-        self._histories = {}
-        for event in history:
-            self._remember(event)
-        self._items = sorted({e.item_id for e in history} | new_items)
-        self._column = {item: n for n, item in enumerate(self._items)}
-        self.trained = self.model_at(history)
-        self.training_seconds.append(self._spent(self.trained))
-        self._embed()
+    def model_for(self, history: Sequence[DatasetEvent]) -> TrainedModel:
+        trained = self.model_at(history)
+        self.training_seconds.append(self._spent(trained))
+        return trained
 
     def _spent(self, trained: TrainedModel) -> float:
         return trained.training_seconds if self.retrains else 0.0
-
-    def _embed(self) -> None:
-        assert self.trained is not None
-        self._item_vectors = embed_items(self.trained, self._items, self.models.content)
 
 
 class TimedLearner(ContinualLearner):
@@ -171,8 +164,8 @@ class ContinualSubject(ServedSubject):
         self.events = logged(history)
         self.learned = len(self.events)
         existing = {e.item_id for e in history}
-        content = {i: v for i, v in self.models.content.items() if i in existing}
-        trained = copy_trained(self.models.get(history))
+        content = {i: v for i, v in self.per_block.content.items() if i in existing}
+        trained = copy_trained(self.per_block.get(history))
         learner = TimedLearner.start(trained, self.events, self.config, self.train_config, content)
         assert isinstance(learner, TimedLearner)
         self.learner = learner
@@ -183,7 +176,7 @@ class ContinualSubject(ServedSubject):
         """The block's new items join the catalogue the learner draws negatives from."""
         super().start_block(history, new_items)
         assert self.learner is not None
-        content = self.models.content
+        content = self.per_block.content
         self.learner.add_content({i: content[i] for i in new_items if i in content})
 
     def _append(self, interactions: Sequence[DatasetEvent]) -> None:
@@ -203,8 +196,8 @@ class ContinualSubject(ServedSubject):
             self.steps += report.steps
             self.learned += len(chunk)
         self.scoring_seconds = learner.scoring_seconds
-        self.trained = learner.trained
-        self._embed()
+        if self.model is not None:  # else the block is starting and serves it next
+            self.serve(learner.trained)
 
     def reveal(self, events: Sequence[DatasetEvent]) -> None:
         super().reveal(events)

@@ -24,8 +24,8 @@ import torch
 from evaluation import protocols
 from evaluation.baselines import ItemKNN, MostPopular, RecentlyPopular
 from evaluation.dataset import Split, split
+from evaluation.served_policy import ServedPolicySubject, movie_categories
 from evaluation.subjects import BaselineSubject
-from services.features import Trending
 from services.trainer import (
     TowerConfig,
     TrainConfig,
@@ -178,136 +178,37 @@ class TrainedPerBlock:
         return trained
 
 
-class GatewaySubject:
-    """What the gateway's model path does: the user tower on the latest history, inner
-    product over every item, plus trending popularity scaled so that the most popular
-    item gains `popularity_weight`; a user the model has never met with no history gets
-    the trending list."""
-
-    def __init__(
-        self,
-        models: TrainedPerBlock,
-        popularity_weight: float,
-        trending_half_life_s: float = 7 * 24 * 3600.0,
-        trending_candidates: int = 200,
-        history_len: int = 50,
-        content_weight: float = 0.0,
-        model_weight: float = 1.0,
-        profile_half_life_s: float = 7 * 24 * 3600.0,
-        cold_share: float = 0.0,
-        newcomer_weight: float = 0.0,
-    ) -> None:
-        """`content_weight` adds the content-profile path's similarity (the gateway's
-        fallback: the user's recent items' MiniLM vectors, weighted by rating and age).
-        `newcomer_weight` > 0 scores a user the model knows nothing about with its newcomer
-        vector at that weight plus popularity, instead of the trending list."""
-        self.name = f"gateway w={popularity_weight:g}"
-        if content_weight or model_weight != 1.0:
-            self.name += f" model={model_weight:g} content={content_weight:g}"
-        if cold_share:
-            self.name += f" cold={cold_share:g}"
-        if newcomer_weight:
-            self.name += f" newcomer={newcomer_weight:g}"
-        self.newcomer_weight = newcomer_weight
-        self.cold_share = cold_share
-        self.content_weight = content_weight
-        self.model_weight = model_weight
-        self.profile_half_life_s = profile_half_life_s
-        self._stamps: dict[str, list[float]] = {}
-        self._content = np.zeros((0, 1), dtype=np.float32)
-        self.models = models
-        self.weight = popularity_weight
-        self.candidates = trending_candidates
-        self.history_len = history_len
-        self.trending = Trending(trending_half_life_s)
-        self.block = -1
-        self.trained: TrainedModel | None = None
-        self._histories: dict[str, list[tuple[str, float]]] = {}
-        self._items: list[str] = []
-        self._column: dict[str, int] = {}
-        self._item_vectors = np.zeros((0, 1), dtype=np.float32)
-
-    def start_block(self, history: Sequence[DatasetEvent], new_items: set[str]) -> None:
-        self.block += 1
-        self.trending = Trending(self.trending.half_life_s)
-        self._histories = {}
-        self._stamps = {}
-        for event in history:
-            self._remember(event)
-        self.trained = trained = self.models.get(history)
-        self._items = sorted({e.item_id for e in history} | new_items)
-        self._column = {item: n for n, item in enumerate(self._items)}
-        self._item_vectors = embed_items(trained, self._items, self.models.content)
-        self._cold_mask = np.array([i not in trained.items for i in self._items], dtype=bool)
-        if self.content_weight:
-            dim = trained.tower.content_dim
-            zero = np.zeros(dim, dtype=np.float32)
-            matrix = np.stack([self.models.content.get(i, zero) for i in self._items])
-            norms = np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-9)
-            self._content = (matrix / norms).astype(np.float32)
-
-    def _remember(self, event: DatasetEvent) -> None:
-        weight = interaction_weight(EventType.RATE, event.rating)
-        self._histories.setdefault(event.user_id, []).append((event.item_id, weight))
-        self._stamps.setdefault(event.user_id, []).append(event.timestamp)
-        self.trending.add([event.to_event()])
-
-    def recommend(self, user_id: str, k: int, seen: set[str], existing: set[str]) -> list[str]:
-        assert self.trained is not None
-        trending = self.trending.top(self.candidates)
-        history = self._histories.get(user_id, [])[-self.history_len :]
-        unknown = user_id not in self.trained.users and not any(
-            i in self.trained.items for i, _ in history
+def served_subject(
+    blend: str,
+    categories: Mapping[str, Sequence[str]],
+    content: Mapping[str, np.ndarray],
+    models: TrainedPerBlock,
+    trending_half_life_s: float,
+) -> ServedPolicySubject:
+    """The gateway's ranking at `model:content:popularity[:new-item share]`: with model 1,
+    the model path, its content and popularity terms at those weights; with model 0, the
+    content path (whose similarity always counts once) with that popularity weight."""
+    model_w, content_w, popularity_w, *share = (float(x) for x in blend.split(":"))
+    name = f"gateway {blend}"
+    if model_w == 1:
+        return ServedPolicySubject(
+            name,
+            categories,
+            content,
+            models,
+            trending_half_life_s,
+            model_content_weight=content_w,
+            model_popularity_weight=popularity_w,
+            new_item_share=share[0] if share else 0.0,
         )
-        if unknown and not self.newcomer_weight:
-            return [i for i, _ in trending if i not in seen][:k]
-        scores = (self.newcomer_weight if unknown else self.model_weight) * (
-            self._item_vectors @ embed_users(self.trained, [user_id], [history])[0]
+    if model_w == 0 and content_w == 1 and not share:
+        return ServedPolicySubject(
+            name, categories, content, None, trending_half_life_s, popularity_weight=popularity_w
         )
-        if self.content_weight and history:
-            scores += self.content_weight * (self._content @ self._profile(user_id))
-        if trending and self.weight > 0:
-            scale = self.weight / trending[0][1]
-            for item, score in trending:
-                column = self._column.get(item)
-                if column is not None:
-                    scores[column] += score * scale
-        excluded = [self._column[i] for i in seen if i in self._column]
-        scores[excluded] = -np.inf
-        ranked = self._top(scores, k)
-        slots = 0 if unknown else int(k * self.cold_share)
-        if slots:
-            cold = self._cold_mask & np.isfinite(scores)
-            chosen = set(ranked[: k - slots])
-            cold_scores = np.where(cold, scores, -np.inf)
-            extra = [c for c in self._top(cold_scores, k) if c not in chosen][:slots]
-            rest = [c for c in ranked if c not in chosen and c not in extra]
-            ranked = ranked[: k - slots] + extra + rest
-            ranked = ranked[:k]
-        return [self._items[c] for c in ranked if np.isfinite(scores[c])]
-
-    @staticmethod
-    def _top(scores: np.ndarray, k: int) -> list[int]:
-        best = np.argpartition(-scores, k)[:k] if scores.size > k else np.arange(scores.size)
-        return [int(c) for c in best[np.argsort(-scores[best], kind="stable")]]
-
-    def _profile(self, user_id: str) -> np.ndarray:
-        """As the gateway's content profile: the latest items, each weighted by its rating
-        and halved every half-life before the user's latest event; normalised."""
-        history = self._histories[user_id][-self.history_len :]
-        stamps = self._stamps[user_id][-self.history_len :]
-        latest = max(stamps)
-        vector = np.zeros(self._content.shape[1], dtype=np.float32)
-        for (item, weight), stamp in zip(history, stamps, strict=True):
-            column = self._column.get(item)
-            if column is not None:
-                age = max(0.0, latest - stamp)
-                vector += weight * 0.5 ** (age / self.profile_half_life_s) * self._content[column]
-        return vector / max(float(np.linalg.norm(vector)), 1e-9)
-
-    def reveal(self, events: Sequence[DatasetEvent]) -> None:
-        for event in events:
-            self._remember(event)
+    raise SystemExit(
+        f"--blends {blend}: the gateway weighs the model's score by 1 (the model path) or"
+        " leaves it out (0, the content path, with content 1 and no new-item share)"
+    )
 
 
 def overrides(pairs: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -403,20 +304,16 @@ def main() -> int:
     parser.add_argument(
         "--popularity-weights",
         default="",
-        help="comma-separated: evaluate the gateway's model path with these blends instead",
+        help="comma-separated: the gateway's model path with these popularity weights (and no"
+        " content term) instead",
     )
     parser.add_argument("--model-cache", type=Path, default=Path("/tmp/two_tower_models"))
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument(
         "--blends",
         default="",
-        help="comma-separated model:content:popularity[:cold share] for the gateway subject",
-    )
-    parser.add_argument(
-        "--newcomer-weight",
-        type=float,
-        default=0.0,
-        help="with --blends: score unknown users with the model's newcomer vector at this weight",
+        help="comma-separated model:content:popularity[:new-item share]: the gateway's ranking"
+        " with these weights instead (model 1: the model path; 0: the content path)",
     )
     parser.add_argument(
         "--trending-half-life-s", type=float, default=365 * 24 * 3600.0, help="as make eval sets"
@@ -441,27 +338,16 @@ def main() -> int:
         warm = dataclasses.replace(config, **{"epochs": 1.0, **warm_overrides(args.set)})
     content = item_content(args.content_cache)
     results: dict[str, Any] = {}
-    if args.blends:
+    if args.blends or args.popularity_weights:
         models = TrainedPerBlock(content, config, TowerConfig(**tower_values), args.model_cache)
-        for triple in args.blends.split(","):
-            model_w, content_w, popularity_w, *cold = (float(x) for x in triple.split(":"))
-            blend = GatewaySubject(
-                models,
-                popularity_w,
-                args.trending_half_life_s,
-                content_weight=content_w,
-                model_weight=model_w,
-                cold_share=cold[0] if cold else 0.0,
-                newcomer_weight=args.newcomer_weight,
-            )
-            results[blend.name] = run(blend, data, args.prequential)
-            print(f"  {blend.name}: {results[blend.name]['blocks']}", flush=True)
-    elif args.popularity_weights:
-        models = TrainedPerBlock(content, config, TowerConfig(**tower_values), args.model_cache)
-        for weight in (float(w) for w in args.popularity_weights.split(",")):
-            subject: Any = GatewaySubject(models, weight, args.trending_half_life_s)
-            results[subject.name] = run(subject, data, args.prequential)
-            print(f"  {subject.name}: {results[subject.name]['blocks']}", flush=True)
+        categories = movie_categories()
+        blends = args.blends.split(",") if args.blends else []
+        blends += [f"1:0:{w}" for w in args.popularity_weights.split(",") if w]
+        for blend in blends:
+            served = served_subject(blend, categories, content, models, args.trending_half_life_s)
+            results[served.name] = run(served, data, args.prequential)
+            served.close()
+            print(f"  {served.name}: {results[served.name]['blocks']}", flush=True)
     else:
         subject = TwoTowerSubject(
             content, config, TowerConfig(**tower_values), warm, args.retrain_every
