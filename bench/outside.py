@@ -17,6 +17,7 @@ import argparse
 import random
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,8 +63,40 @@ def suite_root(pid: int | None, proc: Path = PROC) -> int:
     return found[0]
 
 
-def suite_cpu(root: int) -> float:
-    return sum(cpu_seconds(p.pid) for p in process_tree(root, read_processes()))
+def service_name(pid: int, proc: Path = PROC) -> str:
+    """`features` for a process started as `python -m services.features`; else its name."""
+    try:
+        argv = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return str(pid)
+    for arg in argv:
+        if arg.startswith(b"services."):
+            return arg.decode().removeprefix("services.")
+    return Path(argv[0].decode()).name if argv and argv[0] else str(pid)
+
+
+def suite_cpu_by_part(root: int, proc: Path = PROC) -> dict[str, float]:
+    """CPU seconds so far of each service of the suite: its own process, and apart from it
+    what it started (the trainer's Ray, the embedding service's Triton), keyed
+    `trainer` and `trainer: children`; the launcher itself under `launcher`."""
+    processes = read_processes(proc)
+    tree = {p.pid: p for p in process_tree(root, processes)}
+    parts: dict[str, float] = defaultdict(float)
+    for process in tree.values():
+        service, pid = None, process.pid
+        while pid in tree and pid != root:
+            if tree[pid].ppid == root:
+                service = pid
+                break
+            pid = tree[pid].ppid
+        if service is None:
+            key = "launcher"
+        elif service == process.pid:
+            key = service_name(service, proc)
+        else:
+            key = f"{service_name(service, proc)}: children"
+        parts[key] += cpu_seconds(process.pid, proc)
+    return dict(parts)
 
 
 class Caller:
@@ -123,9 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         client.close()
-    before = suite_cpu(root)
+    before = suite_cpu_by_part(root)
     stats = run_callers(lambda: Caller(args.gateway), user_ids, warmup, args.callers)
-    cpu_ms = 1000 * (suite_cpu(root) - before) / (len(user_ids) + len(warmup))
+    after = suite_cpu_by_part(root)
+    calls = len(user_ids) + len(warmup)
+    by_part = {k: 1000 * (v - before.get(k, 0.0)) / calls for k, v in after.items()}
+    cpu_ms = sum(by_part.values())
     print(
         f"Recommend (k=10) from outside: {args.callers} callers, {len(user_ids)} calls after"
         f" {len(warmup)} warm-up, users with history drawn from {len(users)}; serving"
@@ -136,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"p50 {stats.p50_ms:.2f} ms, p99 {stats.p99_ms:.2f} ms, {stats.calls_per_s:.0f} calls/s;"
         f" CPU of every process of the suite (pid {root} and descendants, warm-up included):"
         f" {cpu_ms:.2f} ms per call"
+    )
+    print(
+        "  by process, ms per call: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_part.items(), key=lambda kv: -kv[1]))
     )
     met = cpu_ms <= AIM_CPU_MS and stats.p99_ms <= AIM_P99_MS
     print(
