@@ -156,6 +156,12 @@ class ModelStore:
             trained_through_offset=int(raw.get("trained_through_offset", trained_through_offset)),
         )
 
+    def is_complete(self, version: int) -> bool:
+        """serving.json is the last file a publish writes into a version: a version without
+        it is a publish stopped part way (a trainer killed while saving), which nothing
+        ever served."""
+        return (self.version_dir(version) / SERVING_FILE).exists()
+
     def forget_users(self, version: int, user_ids: Collection[str]) -> set[str]:
         """Rewrites the version's serving.json without these users; returns those it had."""
         path = self.version_dir(version) / SERVING_FILE

@@ -154,6 +154,7 @@ class ContinualTrainer:
 
     async def _restore(self) -> None:
         commit = self.checkpoints.restore()
+        self.publication.publisher.discard_incomplete()  # a publish the kill cut short
         live = self.store.live()
         content = await read_content(self.features)
         if commit.checkpoint:

@@ -240,6 +240,7 @@ class Publisher:
         each user was in. The TorchScript towers Triton serves keep the rows' vectors, with
         no id leading to them."""
         counts: dict[str, int] = {}
+        self.discard_incomplete()  # their files may hold the users, and no serving.json
         for version in self.store.versions():
             found = self.store.forget_users(version, user_ids)
             weights = self.store.version_dir(version) / "weights"
@@ -250,6 +251,18 @@ class Publisher:
             for user in found:
                 counts[user] = counts.get(user, 0) + 1
         return counts
+
+    def discard_incomplete(self) -> list[int]:
+        """Removes the versions whose publish was stopped part way (`ModelStore.is_complete`),
+        with their towers in Triton's repository, which no config lists yet."""
+        discarded = [v for v in self.store.versions() if not self.store.is_complete(v)]
+        for version in discarded:
+            for tower in TOWERS:
+                self.repository.remove_version(tower, version)
+            shutil.rmtree(self.store.version_dir(version), ignore_errors=True)
+        if discarded:
+            log.warning("discarded unfinished versions", extra={"versions": discarded})
+        return discarded
 
     async def rollback(self, trained: TrainedModel) -> int:
         """Serves the live version's predecessor again: it is still loaded with its index

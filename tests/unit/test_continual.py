@@ -275,3 +275,32 @@ def test_a_failed_retirement_is_logged_and_its_error_retrieved(
     gc.collect()  # an unretrieved task exception is reported when the task is collected
     assert "retiring old versions failed" in caplog.text
     assert "never retrieved" not in caplog.text
+
+
+def test_forgetting_discards_a_publish_killed_before_it_wrote_serving_json(
+    base: tuple[TrainedModel, list[LoggedEvent]], tmp_path: Path
+) -> None:
+    from services.trainer.model_training import WEIGHTS_FILE, save_trained
+    from services.trainer.publisher import Publisher
+    from shared.model_store import ModelStore
+    from shared.triton_repository import TOWERS, Repository
+
+    store = ModelStore(tmp_path / "models")
+    repository = Repository(store.repository)
+    published = learner_from(base).snapshot()
+    save_trained(published, store.version_dir(1) / "weights")
+    store.write_serving(1, SMALL.history_len, SMALL.dim, published.users.ids, [], 10)
+    # Version 2: the trainer was killed after the weights and the towers, before serving.json.
+    save_trained(published, store.version_dir(2) / "weights")
+    (store.version_dir(2) / "weights" / WEIGHTS_FILE).unlink()
+    for tower in TOWERS:
+        repository.version_dir(tower, 2).mkdir(parents=True)
+    assert not store.is_complete(2) and store.is_complete(1)
+    publisher = Publisher(store, None, None, None)  # type: ignore[arg-type]  # no call made
+
+    counts = publisher.forget_users({"u3"})
+
+    assert counts == {"u3": 1}
+    assert store.versions() == [1] and "u3" not in store.serving(1).users
+    assert all(not repository.version_dir(tower, 2).exists() for tower in TOWERS)
+    assert store.next_version() == 2
