@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import secrets
 import weakref
 
 import grpc
@@ -32,7 +34,7 @@ def _item_vector(stored: StoredItem) -> features_pb2.ItemVector:
     )
 
 
-def _history_reply(history: History) -> features_pb2.GetUserHistoryResponse:
+def _history_reply(history: History, version: str) -> features_pb2.GetUserHistoryResponse:
     return features_pb2.GetUserHistoryResponse(
         recent=[
             features_pb2.Interaction(
@@ -45,6 +47,7 @@ def _history_reply(history: History) -> features_pb2.GetUserHistoryResponse:
         ],
         seen_item_ids=history.seen,
         first_offset=history.first_offset,
+        version=version,
     )
 
 
@@ -53,9 +56,13 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
         self.catalog = catalog
         self.behaviour = behaviour
         self.commits = commits
-        # Each history's reply, built once; it goes when the history leaves the cache.
+        # Each history's reply, built once; it goes when the history leaves the cache. A
+        # history kept in the cache is one object until it changes, so a version per object
+        # names it exactly; the epoch keeps another process's versions from matching.
         self._replies: weakref.WeakKeyDictionary[History, features_pb2.GetUserHistoryResponse]
         self._replies = weakref.WeakKeyDictionary()
+        self._epoch = secrets.token_hex(6)
+        self._serials = itertools.count(1)
 
     async def UpsertItems(
         self, request: features_pb2.UpsertItemsRequest, context: grpc.aio.ServicerContext
@@ -160,7 +167,10 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
             history = await asyncio.to_thread(self.behaviour.history, *query)
         reply = self._replies.get(history)
         if reply is None:
-            reply = self._replies[history] = _history_reply(history)
+            version = f"{self._epoch}-{next(self._serials)}"
+            reply = self._replies[history] = _history_reply(history, version)
+        if request.known_version == reply.version:
+            return features_pb2.GetUserHistoryResponse(version=reply.version, unchanged=True)
         return reply
 
     def _trending(

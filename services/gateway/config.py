@@ -30,6 +30,7 @@ class GatewayConfig:
     new_item_share: float  # of k, places kept for items the serving version has not learned
     trainer_address: str  # the continual trainer, told of forgotten users; "": none deployed
     user_vector_cache: int  # users whose last user-tower vector is kept; 0: none
+    history_cache_ids: int  # item ids, in all, of the users' histories kept; 0: none
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -53,6 +54,7 @@ class GatewayConfig:
             new_item_share=env.number("NEW_ITEM_SHARE", 0.1, minimum=0.0, maximum=1.0),
             trainer_address=env.optional_address("TRAINER_ADDRESS", default_address("trainer")),
             user_vector_cache=env.integer("USER_VECTOR_CACHE", 10_000, minimum=0),
+            history_cache_ids=env.integer("HISTORY_CACHE_IDS", 500_000, minimum=0),
         )
 
     def ranking(self) -> RankingSettings:

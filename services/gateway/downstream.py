@@ -45,19 +45,88 @@ def _item_weights(pairs: Sequence[tuple[str, float]]) -> retrieval_pb2.ItemWeigh
 
 
 def _history_request(
-    user_id: str, limit: int, with_seen_ids: bool
+    key: HistoryKey, held: tuple[str, UserHistory] | None
 ) -> features_pb2.GetUserHistoryRequest:
+    user_id, limit, with_seen_ids = key
     return features_pb2.GetUserHistoryRequest(
-        user_id=user_id, limit=limit, include_seen_item_ids=with_seen_ids
+        user_id=user_id,
+        limit=limit,
+        include_seen_item_ids=with_seen_ids,
+        known_version=held[0] if held else "",
     )
 
 
 def _history(reply: features_pb2.GetUserHistoryResponse) -> UserHistory:
     return UserHistory(
-        [interaction_from_proto(i) for i in reply.recent],
-        list(reply.seen_item_ids),
+        tuple([interaction_from_proto(i) for i in reply.recent]),
+        tuple(reply.seen_item_ids),
         reply.first_offset,
     )
+
+
+HistoryKey = tuple[str, int, bool]  # user, limit, with seen ids
+
+
+class KnownHistories:
+    """The histories features sent, by user, limit and whether seen ids came with them,
+    with the version features named each by: a request names the version held, and
+    features sends the history again only when it changed (an event or a forget of the
+    user), so that a user's repeated calls do not send and parse the same history again.
+    At most `budget_ids` item ids in all (recent and seen), least recently used out
+    first; 0 keeps none."""
+
+    def __init__(self, budget_ids: int) -> None:
+        self.budget_ids = budget_ids
+        self._held: OrderedDict[HistoryKey, tuple[str, UserHistory]] = OrderedDict()
+        self._keys: dict[str, set[HistoryKey]] = {}
+        self._size = 0
+
+    def get(self, key: HistoryKey) -> tuple[str, UserHistory] | None:
+        return self._held.get(key)
+
+    def answer(
+        self,
+        key: HistoryKey,
+        held: tuple[str, UserHistory] | None,
+        reply: features_pb2.GetUserHistoryResponse,
+    ) -> UserHistory:
+        """The history for `reply` to a request that named `held`'s version."""
+        if reply.unchanged and held is not None and held[0] == reply.version:
+            if key in self._held:
+                self._held.move_to_end(key)
+            return held[1]
+        if reply.unchanged:
+            raise RuntimeError(f"features called version {reply.version!r} unchanged, not held")
+        history = _history(reply)
+        if reply.version:
+            self._put(key, reply.version, history)
+        return history
+
+    def forget(self, user_id: str) -> None:
+        for key in self._keys.pop(user_id, set()):
+            self._size -= _ids(self._held.pop(key)[1])
+
+    def _put(self, key: HistoryKey, version: str, history: UserHistory) -> None:
+        size = _ids(history)
+        if size > self.budget_ids:
+            return
+        old = self._held.pop(key, None)
+        if old is not None:
+            self._size -= _ids(old[1])
+        self._held[key] = (version, history)
+        self._keys.setdefault(key[0], set()).add(key)
+        self._size += size
+        while self._size > self.budget_ids:
+            gone, (_, evicted) = self._held.popitem(last=False)
+            self._size -= _ids(evicted)
+            users = self._keys[gone[0]]
+            users.discard(gone)
+            if not users:
+                del self._keys[gone[0]]
+
+
+def _ids(history: UserHistory) -> int:
+    return len(history.recent) + len(history.seen_item_ids) + 1
 
 
 class TrendingCache:
@@ -102,6 +171,7 @@ class GrpcSources:
         embedding: EmbeddingClient | None,
         context: grpc.aio.ServicerContext,
         trending_cache: TrendingCache,
+        histories: KnownHistories,
     ) -> None:
         self.config = config
         self.features = features
@@ -109,6 +179,7 @@ class GrpcSources:
         self.embedding = embedding
         self.context = context
         self.trending_cache = trending_cache
+        self.histories = histories
         self._filters: dict[ItemFilter, gateway_pb2.Filter] = {}
 
     def _timeout(self) -> float:
@@ -120,10 +191,12 @@ class GrpcSources:
         return self._filters[item_filter]
 
     async def history(self, user_id: str, limit: int, with_seen_ids: bool) -> UserHistory:
+        key = (user_id, limit, with_seen_ids)
+        held = self.histories.get(key)
         reply = await self.features.GetUserHistory(
-            _history_request(user_id, limit, with_seen_ids), timeout=self._timeout()
+            _history_request(key, held), timeout=self._timeout()
         )
-        return _history(reply)
+        return self.histories.answer(key, held, reply)
 
     async def trending(
         self, k: int, item_filter: ItemFilter, exclude_item_ids: Sequence[str] = ()
@@ -144,14 +217,19 @@ class GrpcSources:
     async def history_and_trending(
         self, user_id: str, limit: int, with_seen_ids: bool, k: int, item_filter: ItemFilter
     ) -> tuple[UserHistory, list[Scored]]:
+        key = (user_id, limit, with_seen_ids)
+        held = self.histories.get(key)
         reply = await self.features.GetRankingInputs(
             features_pb2.GetRankingInputsRequest(
-                history=_history_request(user_id, limit, with_seen_ids),
+                history=_history_request(key, held),
                 trending=self._trending_request(k, item_filter),
             ),
             timeout=self._timeout(),
         )
-        return _history(reply.history), self.trending_cache.answer(k, item_filter, reply.trending)
+        return (
+            self.histories.answer(key, held, reply.history),
+            self.trending_cache.answer(k, item_filter, reply.trending),
+        )
 
     def _trending_request(self, k: int, item_filter: ItemFilter) -> features_pb2.GetTrendingRequest:
         return features_pb2.GetTrendingRequest(

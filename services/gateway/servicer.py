@@ -16,7 +16,7 @@ from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.gateway.config import GatewayConfig
-from services.gateway.downstream import GrpcSources, TrendingCache
+from services.gateway.downstream import GrpcSources, KnownHistories, TrendingCache
 from services.gateway.reasons import (
     similar_item_reasons,
 )
@@ -70,6 +70,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.trainer = trainer
         self.trending_cache = TrendingCache()
         self.user_vectors = UserVectorCache(config.user_vector_cache)
+        self.histories = KnownHistories(config.history_cache_ids)
         self.ranking = config.ranking()
 
     def _model(self) -> ServingInfo | None:
@@ -260,6 +261,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             self.embedding,
             context,
             self.trending_cache,
+            self.histories,
         )
         answer = await Recommender(self.ranking, sources, self.user_vectors).recommend(
             query, self._model()
@@ -284,6 +286,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             timeout=deadline(context, self.config.write_timeout_s),
         )
         self.user_vectors.forget(request.user_id)
+        self.histories.forget(request.user_id)
         reply = gateway_pb2.ForgetUserResponse(events_deleted=events.events_deleted)
         if self.trainer is None:
             return reply

@@ -143,3 +143,55 @@ def test_ranking_inputs_send_the_trending_list_again_only_once_it_changed(
     assert after.trending.items[0].item_id == "3"
     assert [i.item_id for i in after.history.recent] == ["3"]
     assert list(after.history.seen_item_ids) == ["3"]
+
+
+def test_a_history_is_sent_again_only_once_it_changed_and_never_to_another_process(
+    features: ServiceProcess, tmp_path: Path
+) -> None:
+    stub = stub_of(features)
+    upsert(features, MOVIES)
+
+    def history(
+        known_version: str = "", stub: features_pb2_grpc.FeaturesServiceStub = stub
+    ) -> features_pb2.GetUserHistoryResponse:
+        return stub.GetUserHistory(
+            features_pb2.GetUserHistoryRequest(
+                user_id="versioned",
+                limit=10,
+                include_seen_item_ids=True,
+                known_version=known_version,
+            ),
+            timeout=10,
+        )
+
+    def append(event_id: str, item_id: str) -> None:
+        event = gateway_pb2.Event(
+            event_id=event_id,
+            user_id="versioned",
+            item_id=item_id,
+            type=gateway_pb2.EVENT_TYPE_VIEW,
+        )
+        stub.AppendEvents(features_pb2.AppendEventsRequest(events=[event]), timeout=10)
+
+    append("versioned-1", "1")
+    first = history()
+    assert [i.item_id for i in first.recent] == ["1"] and first.version and not first.unchanged
+    again = history(first.version)
+    assert again.unchanged and again.version == first.version
+    assert not again.recent and not again.seen_item_ids
+
+    append("versioned-2", "2")
+    after = history(first.version)
+    assert not after.unchanged and after.version != first.version
+    assert [i.item_id for i in after.recent] == ["2", "1"]
+    stub.ForgetUser(features_pb2.ForgetUserRequest(user_id="versioned"), timeout=10)
+    gone = history(after.version)
+    assert not gone.unchanged and not gone.recent
+
+    # Another features process (a restart, or a replica) never takes a version for its own.
+    other = ServiceProcess("features", tmp_path).start()
+    try:
+        elsewhere = stub_of(other)
+        assert not history(gone.version, elsewhere).unchanged
+    finally:
+        other.stop()

@@ -65,24 +65,30 @@ class Interaction(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., type: _Optional[_Union[_gateway_pb2.EventType, str]] = ..., value: _Optional[float] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetUserHistoryRequest(_message.Message):
-    __slots__ = ("user_id", "limit", "include_seen_item_ids")
+    __slots__ = ("user_id", "limit", "include_seen_item_ids", "known_version")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_SEEN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     limit: int
     include_seen_item_ids: bool
-    def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ..., include_seen_item_ids: _Optional[bool] = ...) -> None: ...
+    known_version: str
+    def __init__(self, user_id: _Optional[str] = ..., limit: _Optional[int] = ..., include_seen_item_ids: _Optional[bool] = ..., known_version: _Optional[str] = ...) -> None: ...
 
 class GetUserHistoryResponse(_message.Message):
-    __slots__ = ("recent", "seen_item_ids", "first_offset")
+    __slots__ = ("recent", "seen_item_ids", "first_offset", "version", "unchanged")
     RECENT_FIELD_NUMBER: _ClassVar[int]
     SEEN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     FIRST_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     recent: _containers.RepeatedCompositeFieldContainer[Interaction]
     seen_item_ids: _containers.RepeatedScalarFieldContainer[str]
     first_offset: int
-    def __init__(self, recent: _Optional[_Iterable[_Union[Interaction, _Mapping]]] = ..., seen_item_ids: _Optional[_Iterable[str]] = ..., first_offset: _Optional[int] = ...) -> None: ...
+    version: str
+    unchanged: bool
+    def __init__(self, recent: _Optional[_Iterable[_Union[Interaction, _Mapping]]] = ..., seen_item_ids: _Optional[_Iterable[str]] = ..., first_offset: _Optional[int] = ..., version: _Optional[str] = ..., unchanged: _Optional[bool] = ...) -> None: ...
 
 class GetTrendingRequest(_message.Message):
     __slots__ = ("k", "filter", "exclude_item_ids", "known_version")
