@@ -20,11 +20,14 @@ from services.features import Behaviour, CatalogStore, FeaturesConfig, SqliteEve
 from services.gateway import (
     GatewayConfig,
     Hit,
+    InputsQuery,
     ModelSearch,
     ProfileSearch,
+    RankingInputs,
     Recommendation,
     Recommender,
     RecommendQuery,
+    Related,
     Scored,
     UserHistory,
     UserVectorCache,
@@ -80,17 +83,26 @@ class InProcessSources:
         found = self.behaviour.history(user_id, limit, with_seen_ids)
         return UserHistory(found.recent, found.seen, found.first_offset)
 
+    async def ranking_inputs(self, query: InputsQuery) -> RankingInputs:
+        found = self.behaviour.history(query.user_id, query.limit, query.with_seen_ids)
+        related = (
+            self.behaviour.related(
+                found, query.related_k, query.profile_half_life_s, query.item_filter
+            )
+            if query.related_k
+            else []
+        )
+        return RankingInputs(
+            UserHistory(found.recent, found.seen, found.first_offset),
+            await self.trending(query.trending_k, query.item_filter) if query.trending_k else [],
+            [Related(r.item_id, r.score, r.because) for r in related],
+        )
+
     async def trending(
         self, k: int, item_filter: ItemFilter, exclude_item_ids: Sequence[str] = ()
     ) -> list[Scored]:
         found = self.behaviour.trending_items(k, item_filter, exclude_item_ids)
         return [Scored(item_id, score) for item_id, score in found]
-
-    async def history_and_trending(
-        self, user_id: str, limit: int, with_seen_ids: bool, k: int, item_filter: ItemFilter
-    ) -> tuple[UserHistory, list[Scored]]:
-        history = await self.history(user_id, limit, with_seen_ids)
-        return history, await self.trending(k, item_filter)
 
     async def user_vector(
         self, model: ServingInfo, user_row: np.ndarray, rows: np.ndarray, weights: np.ndarray

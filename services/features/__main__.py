@@ -8,6 +8,7 @@ from recsys.features.v1 import features_pb2_grpc
 from services.features.behaviour import Behaviour, group_commit
 from services.features.catalog import Catalog
 from services.features.catalog_store import CatalogStore
+from services.features.co_occurrence import CoOccurrence
 from services.features.config import FeaturesConfig
 from services.features.encoder import TextEncoder
 from services.features.event_log import SqliteEventLog
@@ -29,6 +30,7 @@ def build(config: FeaturesConfig) -> GrpcService:
         catalog.categories,
         lambda: catalog.revision,
         config.history_cache_ids,
+        CoOccurrence(config.co_occurrence_window, config.co_occurrence_neighbours),
     )
     commits = group_commit(behaviour)
     binding = ServiceBinding(

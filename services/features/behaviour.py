@@ -1,22 +1,25 @@
-"""What users do: the event log, their histories and what is trending, kept consistent:
-an append updates the log, the history (read from the log) and the popularity before it
-is acknowledged."""
+"""What users do: the event log, their histories, what is trending and which items users
+act on together, kept consistent: an append updates the log, the history (read from the
+log), the popularity and the co-occurrences before it is acknowledged."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from services.features.co_occurrence import CoOccurrence, Related
 from services.features.event_log import AppendResult, SqliteEventLog
 from services.features.trending import Trending
 from shared.batching import Batched
 from shared.errors import InvalidArgument
 from shared.events import Event, Interaction, LoggedEvent
 from shared.items import ItemFilter, validate_id, validate_k
+from shared.profile import profile_weights
 
 MAX_HISTORY = 1_000
 MAX_SEEN = 20_000
@@ -96,12 +99,18 @@ class Behaviour:
         catalogue: Mapping[str, Sequence[str]],
         catalogue_revision: Callable[[], int] = lambda: 0,
         history_cache_ids: int = HISTORY_CACHE_IDS,
+        co_occurrence: CoOccurrence | None = None,
     ) -> None:
         self.log = log
         self.trending = trending
+        self.co_occurrence = co_occurrence or CoOccurrence()
         self.catalogue = catalogue  # item id -> categories, of every item that exists
         self.catalogue_revision = catalogue_revision  # grows with every catalogue write
         self.histories = HistoryCache(history_cache_ids)
+        # A kept history's last related items, while neither it nor the co-occurrences
+        # changed: a user's repeated calls between events rank the same.
+        self._related: weakref.WeakKeyDictionary[History, tuple[object, list[Related]]]
+        self._related = weakref.WeakKeyDictionary()
         self._write_lock = threading.Lock()
         # A restart rebuilds the popularity and restarts its count of changes.
         self._incarnation = secrets.token_hex(4)
@@ -113,15 +122,25 @@ class Behaviour:
         return f"{self._incarnation}.{self.trending.changes}.{self.catalogue_revision()}"
 
     def restore(self) -> None:
-        """Rebuilds the in-memory popularity from the durable log."""
-        self.trending.add(logged.event for logged in self.log.scan())
+        """Rebuilds the in-memory popularity and co-occurrences from the durable log."""
+        chunk: list[Event] = []
+        for logged in self.log.scan():
+            chunk.append(logged.event)
+            if len(chunk) == 10_000:
+                self._learn(chunk)
+                chunk = []
+        self._learn(chunk)
+
+    def _learn(self, events: Sequence[Event]) -> None:
+        self.trending.add(events)
+        self.co_occurrence.add(events)
 
     def append(self, batches: Sequence[Sequence[Event]]) -> list[AppendResult]:
         """Writes batches already validated (validate_events) in one durable commit."""
         with self._write_lock:
             results = self.log.append(batches)
             stored = [e.event for r in results for e in r.stored]
-            self.trending.add(stored)
+            self._learn(stored)
             self.histories.drop({e.user_id for e in stored})
         return results
 
@@ -171,6 +190,42 @@ class Behaviour:
                 return found + self._unranked(item_filter, skip | {i for i, _ in ranked}, wanted)
             limit *= 4
 
+    def related(
+        self, history: History, k: int, profile_half_life_s: float, item_filter: ItemFilter
+    ) -> list[Related]:
+        """The k catalogue items users acted on together with the history's recent items
+        (weighted as the gateway's content profile weighs them), best first; none the
+        history has seen, none the filter refuses."""
+        validate_k(k)
+        if profile_half_life_s <= 0:
+            raise InvalidArgument("profile_half_life_s", "must be positive")
+        # Read before ranking, so that a write meanwhile leaves the key older, never newer,
+        # than the state the answer came from.
+        key = (
+            self.co_occurrence.changes,
+            self.catalogue_revision(),
+            k,
+            profile_half_life_s,
+            item_filter,
+        )
+        held = self._related.get(history)
+        if held is not None and held[0] == key:
+            return held[1]
+        skip = set(history.seen) | item_filter.exclude_item_ids
+
+        def admits(item_id: str) -> bool:
+            categories = self.catalogue.get(item_id)
+            return (
+                item_id not in skip
+                and categories is not None
+                and item_filter.admits_categories(categories)
+            )
+
+        profile = profile_weights(history.recent, profile_half_life_s)
+        found = self.co_occurrence.related(profile, k, admits)
+        self._related[history] = (key, found)
+        return found
+
     def _unranked(self, flt: ItemFilter, skip: set[str], k: int) -> list[tuple[str, float]]:
         found: list[tuple[str, float]] = []
         # A copy: upserts change the catalogue from another thread.
@@ -199,6 +254,7 @@ class Behaviour:
         with self._write_lock:
             removed = self.log.forget_user(user_id)
             self.trending.remove(removed)
+            self.co_occurrence.remove(removed)
             self.histories.drop([user_id])
         return len(removed)
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.features.behaviour import HISTORY_CACHE_IDS
+from services.features.co_occurrence import NEIGHBOURS, WINDOW
 from shared.config import Env, ServerConfig, data_root
 
 PREFIX = "RECSYS_FEATURES_"
@@ -18,6 +19,8 @@ class FeaturesConfig:
     torch_threads: int
     trending_half_life_s: float
     history_cache_ids: int  # item ids of the histories kept in memory, in all; 0: none
+    co_occurrence_window: int  # a user's latest distinct items a new one counts as with
+    co_occurrence_neighbours: int  # the strongest pairs each item keeps
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FeaturesConfig:
@@ -29,4 +32,8 @@ class FeaturesConfig:
             torch_threads=env.integer("TORCH_THREADS", 0, minimum=0, maximum=256),
             trending_half_life_s=env.number("TRENDING_HALF_LIFE_S", 7 * 24 * 3600.0, minimum=1.0),
             history_cache_ids=env.integer("HISTORY_CACHE_IDS", HISTORY_CACHE_IDS, minimum=0),
+            co_occurrence_window=env.integer("CO_OCCURRENCE_WINDOW", WINDOW, minimum=1),
+            co_occurrence_neighbours=env.integer(
+                "CO_OCCURRENCE_NEIGHBOURS", NEIGHBOURS, minimum=1, maximum=10_000
+            ),
         )

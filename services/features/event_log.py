@@ -168,14 +168,15 @@ class SqliteEventLog(SqliteStore):
         return [r[0] for r in rows]
 
     def forget_user(self, user_id: str) -> list[Event]:
-        """Deletes the user's events; afterwards no file of the log holds them: the deleted
-        cells are zeroed (secure_delete) and the WAL, whose frames may still hold the pages
-        as they were, is written back and truncated."""
+        """Deletes the user's events (returned in log order); afterwards no file of the log
+        holds them: the deleted cells are zeroed (secure_delete) and the WAL, whose frames
+        may still hold the pages as they were, is written back and truncated."""
         with self._lock:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 rows = self._db.execute(
-                    f"SELECT {_COLUMNS} FROM events WHERE user_id = ?", (user_id,)
+                    f"SELECT {_COLUMNS} FROM events WHERE user_id = ? ORDER BY log_offset",
+                    (user_id,),
                 ).fetchall()
                 self._db.execute("DELETE FROM events WHERE user_id = ?", (user_id,))
             if rows:

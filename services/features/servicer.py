@@ -34,7 +34,7 @@ def _item_vector(stored: StoredItem) -> features_pb2.ItemVector:
     )
 
 
-def _history_reply(history: History, version: str) -> features_pb2.GetUserHistoryResponse:
+def _new_history_reply(history: History, version: str) -> features_pb2.GetUserHistoryResponse:
     return features_pb2.GetUserHistoryResponse(
         recent=[
             features_pb2.Interaction(
@@ -142,7 +142,7 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
     async def GetUserHistory(
         self, request: features_pb2.GetUserHistoryRequest, context: grpc.aio.ServicerContext
     ) -> features_pb2.GetUserHistoryResponse:
-        return await self._history(request)
+        return self._history_reply(request, await self._history(request))
 
     async def GetTrending(
         self, request: features_pb2.GetTrendingRequest, context: grpc.aio.ServicerContext
@@ -153,22 +153,39 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
         self, request: features_pb2.GetRankingInputsRequest, context: grpc.aio.ServicerContext
     ) -> features_pb2.GetRankingInputsResponse:
         history = await self._history(request.history)
-        return features_pb2.GetRankingInputsResponse(
-            history=history, trending=self._trending(request.trending)
+        reply = features_pb2.GetRankingInputsResponse(
+            history=self._history_reply(request.history, history)
         )
+        if request.HasField("trending"):
+            reply.trending.CopyFrom(self._trending(request.trending))
+        if request.HasField("related"):
+            wanted = request.related
+            found = self.behaviour.related(
+                history, wanted.k, wanted.profile_half_life_s, filter_from_proto(wanted.filter)
+            )
+            reply.related.extend(
+                features_pb2.RelatedItem(
+                    item_id=r.item_id, score=r.score, because_item_id=r.because
+                )
+                for r in found
+            )
+        return reply
 
-    async def _history(
-        self, request: features_pb2.GetUserHistoryRequest
-    ) -> features_pb2.GetUserHistoryResponse:
+    async def _history(self, request: features_pb2.GetUserHistoryRequest) -> History:
         query = (request.user_id, request.limit, request.include_seen_item_ids)
         # A history at hand is answered on the event loop: cheaper than a hop to a thread.
         history = self.behaviour.cached_history(*query)
         if history is None:
             history = await asyncio.to_thread(self.behaviour.history, *query)
+        return history
+
+    def _history_reply(
+        self, request: features_pb2.GetUserHistoryRequest, history: History
+    ) -> features_pb2.GetUserHistoryResponse:
         reply = self._replies.get(history)
         if reply is None:
             version = f"{self._epoch}-{next(self._serials)}"
-            reply = self._replies[history] = _history_reply(history, version)
+            reply = self._replies[history] = _new_history_reply(history, version)
         if request.known_version == reply.version:
             return features_pb2.GetUserHistoryResponse(version=reply.version, unchanged=True)
         return reply

@@ -28,6 +28,9 @@ class GatewayConfig:
     model_popularity_weight: float  # as popularity_weight, for the trained model's scores
     model_content_weight: float  # content-profile similarity added to the model's scores
     new_item_share: float  # of k, places kept for items the serving version has not learned
+    co_occurrence_weight: float  # co-occurrence added to profile similarity, at most this
+    model_co_occurrence_weight: float  # the same, added to the trained model's scores
+    co_occurrence_candidates: int  # related items asked of features per Recommend
     trainer_address: str  # the continual trainer, told of forgotten users; "": none deployed
     user_vector_cache: int  # users whose last user-tower vector is kept; 0: none
     history_cache_ids: int  # item ids, in all, of the users' histories kept; 0: none
@@ -52,6 +55,11 @@ class GatewayConfig:
             model_popularity_weight=env.number("MODEL_POPULARITY_WEIGHT", 1.0, minimum=0.0),
             model_content_weight=env.number("MODEL_CONTENT_WEIGHT", 1.0, minimum=0.0),
             new_item_share=env.number("NEW_ITEM_SHARE", 0.1, minimum=0.0, maximum=1.0),
+            co_occurrence_weight=env.number("CO_OCCURRENCE_WEIGHT", 1.0, minimum=0.0),
+            model_co_occurrence_weight=env.number("MODEL_CO_OCCURRENCE_WEIGHT", 1.0, minimum=0.0),
+            co_occurrence_candidates=env.integer(
+                "CO_OCCURRENCE_CANDIDATES", 100, minimum=1, maximum=1000
+            ),
             trainer_address=env.optional_address("TRAINER_ADDRESS", default_address("trainer")),
             user_vector_cache=env.integer("USER_VECTOR_CACHE", 10_000, minimum=0),
             history_cache_ids=env.integer("HISTORY_CACHE_IDS", 500_000, minimum=0),
@@ -66,4 +74,7 @@ class GatewayConfig:
             model_popularity_weight=self.model_popularity_weight,
             model_content_weight=self.model_content_weight,
             new_item_share=self.new_item_share,
+            co_occurrence_weight=self.co_occurrence_weight,
+            model_co_occurrence_weight=self.model_co_occurrence_weight,
+            co_occurrence_candidates=self.co_occurrence_candidates,
         )

@@ -15,8 +15,11 @@ from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.gateway.config import GatewayConfig
 from services.gateway.recommend import (
     Hit,
+    InputsQuery,
     ModelSearch,
     ProfileSearch,
+    RankingInputs,
+    Related,
     Scored,
     UserHistory,
     UserVectorUnavailable,
@@ -214,21 +217,30 @@ class GrpcSources:
         )
         return self.trending_cache.answer(k, item_filter, reply)
 
-    async def history_and_trending(
-        self, user_id: str, limit: int, with_seen_ids: bool, k: int, item_filter: ItemFilter
-    ) -> tuple[UserHistory, list[Scored]]:
-        key = (user_id, limit, with_seen_ids)
+    async def ranking_inputs(self, query: InputsQuery) -> RankingInputs:
+        key = (query.user_id, query.limit, query.with_seen_ids)
         held = self.histories.get(key)
-        reply = await self.features.GetRankingInputs(
-            features_pb2.GetRankingInputsRequest(
-                history=_history_request(key, held),
-                trending=self._trending_request(k, item_filter),
-            ),
-            timeout=self._timeout(),
+        request = features_pb2.GetRankingInputsRequest(history=_history_request(key, held))
+        if query.trending_k:
+            request.trending.CopyFrom(self._trending_request(query.trending_k, query.item_filter))
+        if query.related_k:
+            request.related.CopyFrom(
+                features_pb2.GetRelatedRequest(
+                    k=query.related_k,
+                    profile_half_life_s=query.profile_half_life_s,
+                    filter=self._filter(query.item_filter),
+                )
+            )
+        reply = await self.features.GetRankingInputs(request, timeout=self._timeout())
+        trending = (
+            self.trending_cache.answer(query.trending_k, query.item_filter, reply.trending)
+            if query.trending_k
+            else []
         )
-        return (
+        return RankingInputs(
             self.histories.answer(key, held, reply.history),
-            self.trending_cache.answer(k, item_filter, reply.trending),
+            trending,
+            [Related(r.item_id, r.score, r.because_item_id) for r in reply.related],
         )
 
     def _trending_request(self, k: int, item_filter: ItemFilter) -> features_pb2.GetTrendingRequest:

@@ -28,3 +28,10 @@ def recommendation_reason(
         return "popular right now"
     action = PAST_TENSE.get(actions.get(because, EventType.VIEW), "viewed")
     return f"because you {action} {titles.get(because, because)}"
+
+
+def together_reason(
+    because: str, titles: Mapping[str, str], actions: Mapping[str, EventType]
+) -> str:
+    action = PAST_TENSE.get(actions.get(because, EventType.VIEW), "viewed")
+    return f"people who {action} {titles.get(because, because)} also chose this"

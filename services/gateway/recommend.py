@@ -2,9 +2,11 @@
 
 Without a trained model (or when its user tower does not answer), the content profile: the
 user's recent items, weighted by action and age, searched in the catalogue's text index,
-plus trending popularity. With a model version: one search of the version's index by the
-user tower's vector, plus the content profile's similarity and trending popularity, with
-the last places kept for items the version has not learned. Whatever is short of `k` is
+plus trending popularity and the items other users acted on together with the profile's
+(co-occurrence, item-kNN's similarity). With a model version: one search of the version's
+index by the user tower's vector, plus the content profile's similarity, trending
+popularity and co-occurrence, with the last places kept for items the version has not
+learned. Whatever is short of `k` is
 filled with trending items the user has not seen. The policy reaches the services through
 `RankingSources`; the servicer passes gRPC-backed ones (`downstream.py`).
 """
@@ -19,11 +21,16 @@ from typing import Protocol
 
 import numpy as np
 
-from services.gateway.profile import profile_weights
-from services.gateway.reasons import MODEL_REASON, NEW_ITEM_REASON, recommendation_reason
+from services.gateway.reasons import (
+    MODEL_REASON,
+    NEW_ITEM_REASON,
+    recommendation_reason,
+    together_reason,
+)
 from shared.events import Interaction, interaction_weight
 from shared.items import CONTENT_INDEX, ItemFilter
 from shared.model_store import UNLEARNED_CATEGORY, ServingInfo
+from shared.profile import profile_weights
 
 # What answers Recommend until a trained model is published.
 CONTENT_MODEL = "content-profile"
@@ -66,6 +73,9 @@ class RankingSettings:
     model_popularity_weight: float  # the same, added to the model's scores
     model_content_weight: float  # the content profile's similarity added to the model's
     new_item_share: float  # of k: places kept for items the serving version has not learned
+    co_occurrence_weight: float = 0.0  # co-occurrence added to the profile's, at most this
+    model_co_occurrence_weight: float = 0.0  # the same, added to the model's scores
+    co_occurrence_candidates: int = 100  # related items asked for
 
 
 # What the policy reads ----------------------------------------------------------------------
@@ -82,6 +92,31 @@ class UserHistory:
 class Scored:
     item_id: str
     score: float
+
+
+@dataclass(frozen=True)
+class Related:
+    item_id: str
+    score: float
+    because: str  # the history item users acted on together with it most
+
+
+@dataclass(frozen=True)
+class RankingInputs:
+    history: UserHistory
+    trending: list[Scored]  # empty unless asked for
+    related: list[Related]  # empty unless asked for
+
+
+@dataclass(frozen=True)
+class InputsQuery:
+    user_id: str
+    limit: int  # recent interactions
+    with_seen_ids: bool
+    item_filter: ItemFilter
+    trending_k: int  # 0: no trending list
+    related_k: int  # 0: no related items
+    profile_half_life_s: float  # how the related items weigh the history
 
 
 @dataclass(frozen=True)
@@ -122,16 +157,13 @@ class ProfileSearch:
 
 
 class RankingSources(Protocol):
-    async def history(self, user_id: str, limit: int, with_seen_ids: bool) -> UserHistory: ...
-
     async def trending(
         self, k: int, item_filter: ItemFilter, exclude_item_ids: Sequence[str] = ()
     ) -> list[Scored]: ...
 
-    async def history_and_trending(
-        self, user_id: str, limit: int, with_seen_ids: bool, k: int, item_filter: ItemFilter
-    ) -> tuple[UserHistory, list[Scored]]:
-        """history() and trending(k, item_filter) together, as one call where it can."""
+    async def ranking_inputs(self, query: InputsQuery) -> RankingInputs:
+        """The history, and the trending list and related items where asked for, as one
+        call where it can."""
         ...
 
     async def user_vector(
@@ -208,13 +240,28 @@ def user_inputs(
     return user_row, rows, weights
 
 
-def popularity_boosts(trending: Sequence[Scored], weight: float) -> list[tuple[str, float]]:
-    """Popularity on the scale of a similarity: the most popular item gets the weight."""
-    top = max((t.score for t in trending), default=0.0)
-    if top <= 0 or weight == 0:
-        return []
-    scale = weight / top
-    return [(t.item_id, t.score * scale) for t in trending]
+def score_boosts(
+    trending: Sequence[Scored],
+    popularity_weight: float,
+    related: Sequence[Related],
+    co_occurrence_weight: float,
+) -> list[tuple[str, float]]:
+    """Popularity and co-occurrence on the scale of a similarity: the most popular item
+    gets `popularity_weight`, the most related `co_occurrence_weight`; an item with both
+    gets their sum."""
+    boosts: dict[str, float] = {}
+    terms: tuple[tuple[Sequence[Scored] | Sequence[Related], float], ...] = (
+        (trending, popularity_weight),
+        (related, co_occurrence_weight),
+    )
+    for scored, weight in terms:
+        top = max((s.score for s in scored), default=0.0)
+        if top <= 0 or weight == 0:
+            continue
+        scale = weight / top
+        for s in scored:
+            boosts[s.item_id] = boosts.get(s.item_id, 0.0) + s.score * scale
+    return list(boosts.items())
 
 
 @dataclass
@@ -223,6 +270,7 @@ class _Pick:
     score: float
     because: str = ""  # the history item it is closest to; "" for the others
     reason: str = ""  # a fixed reason, where there is no single history item to name
+    together: str = ""  # the history item users acted on together with it, if any
 
 
 class Recommender:
@@ -257,11 +305,8 @@ class Recommender:
         settings = self.settings
         limit = max(settings.recent_history, model.history_len)
         blend = settings.model_popularity_weight > 0
-        trending: list[Scored] = []
-        if blend:
-            history, trending = await self._history_and_trending(query, limit)
-        else:
-            history = await self._history(query, limit)
+        inputs = await self._inputs(query, limit, blend, settings.model_co_occurrence_weight)
+        history, trending = inputs.history, inputs.trending
         user_row, rows, weights = user_inputs(
             model, query.user_id, history.recent, history.first_offset
         )
@@ -276,7 +321,12 @@ class Recommender:
                     k=query.k,
                     item_filter=query.item_filter,
                     exclude_item_ids=history.seen_item_ids,
-                    boosts=popularity_boosts(trending, settings.model_popularity_weight),
+                    boosts=score_boosts(
+                        trending,
+                        settings.model_popularity_weight,
+                        inputs.related,
+                        settings.model_co_occurrence_weight,
+                    ),
                     profile=(
                         profile_weights(history.recent, settings.profile_half_life_s)
                         if with_profile
@@ -288,8 +338,14 @@ class Recommender:
                     reserved_category=UNLEARNED_CATEGORY,
                 )
             )
+            together = _together(inputs.related)
             picks = [
-                _Pick(h.item_id, h.score, reason=NEW_ITEM_REASON if h.reserved else MODEL_REASON)
+                _Pick(
+                    h.item_id,
+                    h.score,
+                    reason=NEW_ITEM_REASON if h.reserved else MODEL_REASON,
+                    together=together.get(h.item_id, ""),
+                )
                 for h in hits
             ]
         fallback = not picks
@@ -319,7 +375,10 @@ class Recommender:
 
     async def _from_content(self, query: RecommendQuery) -> Recommendation:
         settings = self.settings
-        history, trending = await self._history_and_trending(query, settings.recent_history)
+        inputs = await self._inputs(
+            query, settings.recent_history, True, settings.co_occurrence_weight
+        )
+        history, trending = inputs.history, inputs.trending
         picks: list[_Pick] = []
         profile = profile_weights(history.recent, settings.profile_half_life_s)
         if profile:
@@ -330,27 +389,43 @@ class Recommender:
                     k=query.k,
                     item_filter=query.item_filter,
                     exclude_item_ids=history.seen_item_ids,
-                    boosts=popularity_boosts(trending, settings.popularity_weight),
+                    boosts=score_boosts(
+                        trending,
+                        settings.popularity_weight,
+                        inputs.related,
+                        settings.co_occurrence_weight,
+                    ),
                 )
             )
-            picks = [_Pick(h.item_id, h.score, because=h.closest_profile_item_id) for h in hits]
+            together = _together(inputs.related)
+            picks = [
+                _Pick(
+                    h.item_id,
+                    h.score,
+                    because=h.closest_profile_item_id,
+                    together=together.get(h.item_id, ""),
+                )
+                for h in hits
+            ]
         fallback = not picks
         if len(picks) < query.k:
             picks += await self._trending_fill(query, history, trending, picks)
         return await self._answer(query, picks, history, CONTENT_MODEL, fallback)
 
-    async def _history(self, query: RecommendQuery, limit: int) -> UserHistory:
-        return await self.sources.history(query.user_id, limit, not query.include_seen)
-
-    async def _history_and_trending(
-        self, query: RecommendQuery, limit: int
-    ) -> tuple[UserHistory, list[Scored]]:
-        return await self.sources.history_and_trending(
-            query.user_id,
-            limit,
-            not query.include_seen,
-            self.settings.trending_candidates,
-            query.item_filter,
+    async def _inputs(
+        self, query: RecommendQuery, limit: int, trending: bool, co_occurrence_weight: float
+    ) -> RankingInputs:
+        settings = self.settings
+        return await self.sources.ranking_inputs(
+            InputsQuery(
+                user_id=query.user_id,
+                limit=limit,
+                with_seen_ids=not query.include_seen,
+                item_filter=query.item_filter,
+                trending_k=settings.trending_candidates if trending else 0,
+                related_k=settings.co_occurrence_candidates if co_occurrence_weight > 0 else 0,
+                profile_half_life_s=settings.profile_half_life_s,
+            )
         )
 
     async def _trending_candidates(self, query: RecommendQuery) -> list[Scored]:
@@ -383,11 +458,18 @@ class Recommender:
     ) -> Recommendation:
         items = [RankedItem(p.item_id, p.score) for p in picks]
         if query.explain:
-            because = list({p.because for p in picks if p.because})
+            because = list({i for p in picks for i in (p.because, p.together) if i})
             titles = await self.sources.titles(because) if because else {}
             actions = {i.item_id: i.type for i in reversed(history.recent)}  # latest wins
             for pick, item in zip(picks, items, strict=True):
-                item.reasons.append(
-                    pick.reason or recommendation_reason(pick.because, titles, actions)
-                )
+                if pick.together:
+                    item.reasons.append(together_reason(pick.together, titles, actions))
+                else:
+                    item.reasons.append(
+                        pick.reason or recommendation_reason(pick.because, titles, actions)
+                    )
         return Recommendation(items, model_version, fallback)
+
+
+def _together(related: Sequence[Related]) -> dict[str, str]:
+    return {r.item_id: r.because for r in related}

@@ -195,3 +195,70 @@ def test_a_history_is_sent_again_only_once_it_changed_and_never_to_another_proce
         assert not history(gone.version, elsewhere).unchanged
     finally:
         other.stop()
+
+
+def test_related_items_follow_each_event_leave_with_a_forgotten_user_and_survive_a_restart(
+    tmp_path: Path,
+) -> None:
+    service = ServiceProcess("features", tmp_path).start()
+    try:
+        upsert(service, MOVIES)
+        stub = stub_of(service)
+
+        def log(user: str, *items: str) -> None:
+            events = [
+                gateway_pb2.Event(
+                    event_id=f"{user}-{item}",
+                    user_id=user,
+                    item_id=item,
+                    type=gateway_pb2.EVENT_TYPE_VIEW,
+                    timestamp=timestamp(n),
+                )
+                for n, item in enumerate(items)
+            ]
+            stub.AppendEvents(features_pb2.AppendEventsRequest(events=events), timeout=10)
+
+        def related(user: str) -> list[tuple[str, str]]:
+            reply = stub.GetRankingInputs(
+                features_pb2.GetRankingInputsRequest(
+                    history=features_pb2.GetUserHistoryRequest(
+                        user_id=user, limit=10, include_seen_item_ids=True
+                    ),
+                    related=features_pb2.GetRelatedRequest(k=5, profile_half_life_s=86400.0),
+                ),
+                timeout=10,
+            )
+            assert not reply.HasField("trending")
+            return [(r.item_id, r.because_item_id) for r in reply.related]
+
+        log("fan", "1", "2")
+        log("newcomer", "1")
+        assert related("newcomer") == [("2", "1")]  # the next Recommend knows it
+        only_crime = features_pb2.GetRelatedRequest(
+            k=5,
+            profile_half_life_s=86400.0,
+            filter=gateway_pb2.Filter(include_categories=["Crime"]),
+        )
+        filtered = stub.GetRankingInputs(
+            features_pb2.GetRankingInputsRequest(
+                history=features_pb2.GetUserHistoryRequest(user_id="newcomer", limit=10),
+                related=only_crime,
+            ),
+            timeout=10,
+        )
+        assert list(filtered.related) == []
+        log("critic", "1", "3")
+        service.terminate()
+        service.start()
+        stub = stub_of(service)
+        assert sorted(related("newcomer")) == [("2", "1"), ("3", "1")]  # rebuilt from the log
+        stub.ForgetUser(features_pb2.ForgetUserRequest(user_id="fan"), timeout=10)
+        assert related("newcomer") == [("3", "1")]
+    finally:
+        service.stop()
+
+
+def timestamp(n: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromSeconds(1_600_000_000 + n)
+    return stamp

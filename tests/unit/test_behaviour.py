@@ -9,10 +9,10 @@ import pytest
 from services.features.behaviour import Behaviour
 from services.features.event_log import SqliteEventLog
 from services.features.trending import Trending
-from services.gateway.profile import profile_weights
 from shared.errors import InvalidArgument
 from shared.events import Event, EventType, Interaction, validate_events
 from shared.items import ItemFilter
+from shared.profile import profile_weights
 
 DAY = 24 * 3600.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
@@ -14,12 +14,15 @@ from services.gateway.reasons import MODEL_REASON, NEW_ITEM_REASON
 from services.gateway.recommend import (
     CONTENT_MODEL,
     Hit,
+    InputsQuery,
     ModelSearch,
     ProfileSearch,
+    RankingInputs,
     RankingSettings,
     Recommendation,
     Recommender,
     RecommendQuery,
+    Related,
     Scored,
     UserHistory,
     UserVectorCache,
@@ -55,6 +58,8 @@ class Catalogue:
     profile_searches: list[ProfileSearch] = field(default_factory=list)
     trending_asks: list[tuple[int, ItemFilter, tuple[str, ...]]] = field(default_factory=list)
     history_asks: list[tuple[str, int, bool]] = field(default_factory=list)
+    related: dict[str, list[Related]] = field(default_factory=dict)
+    input_asks: list[InputsQuery] = field(default_factory=list)
     tower_asks: int = 0
 
     async def history(self, user_id: str, limit: int, with_seen_ids: bool) -> UserHistory:
@@ -68,12 +73,12 @@ class Catalogue:
         self.trending_asks.append((k, item_filter, tuple(exclude_item_ids)))
         return [t for t in self.trending_items if t.item_id not in exclude_item_ids][:k]
 
-    async def history_and_trending(
-        self, user_id: str, limit: int, with_seen_ids: bool, k: int, item_filter: ItemFilter
-    ) -> tuple[UserHistory, list[Scored]]:
-        return await self.history(user_id, limit, with_seen_ids), await self.trending(
-            k, item_filter
-        )
+    async def ranking_inputs(self, query: InputsQuery) -> RankingInputs:
+        self.input_asks.append(query)
+        history = await self.history(query.user_id, query.limit, query.with_seen_ids)
+        trending = await self.trending(query.trending_k, query.item_filter)
+        related = self.related.get(query.user_id, [])[: query.related_k]
+        return RankingInputs(history, trending if query.trending_k else [], related)
 
     async def user_vector(
         self, model: ServingInfo, user_row: np.ndarray, rows: np.ndarray, weights: np.ndarray
@@ -235,3 +240,36 @@ def test_the_user_tower_is_asked_again_only_when_its_inputs_change() -> None:
     assert catalogue.tower_asks == 2
     ask(model_version())  # a version loaded anew
     assert catalogue.tower_asks == 3
+
+
+TOGETHER = replace(SETTINGS, co_occurrence_weight=2.0, model_co_occurrence_weight=0.5)
+
+
+def test_items_acted_on_together_are_boosted_and_named_as_such() -> None:
+    catalogue = Catalogue(
+        histories={"u": UserHistory(rated("liked", "hot"), ["liked", "hot"], 1)},
+        profile_hits=[Hit("sequel", 0.9, "liked"), Hit("remake", 0.7, "liked")],
+        related={"u": [Related("remake", 0.6, "hot"), Related("warm", 0.3, "liked")]},
+    )
+    query = RecommendQuery("u", 2, explain=True)
+    answer = asyncio.run(Recommender(TOGETHER, catalogue).recommend(query, None))
+    asked = catalogue.input_asks[0]
+    assert asked.related_k == TOGETHER.co_occurrence_candidates
+    assert asked.profile_half_life_s == TOGETHER.profile_half_life_s
+    boosts = dict(catalogue.profile_searches[0].boosts)
+    assert boosts["remake"] == 2.0  # the most related item gets the whole weight
+    assert boosts["warm"] == 1.0 + 0.5  # half as related, and half as popular as "hot"
+    assert answer.items[0].reasons == ["because you rated Title of liked"]
+    assert answer.items[1].reasons == ["people who rated Title of hot also chose this"]
+
+    catalogue.model_hits = [Hit("remake", 1.0)]
+    recommend_model = Recommender(TOGETHER, catalogue).recommend(query, model_version())
+    answer = asyncio.run(recommend_model)
+    assert dict(catalogue.searches[0].boosts)["remake"] == 0.5
+    assert answer.items[0].reasons == ["people who rated Title of hot also chose this"]
+
+
+def test_no_related_items_are_asked_for_while_their_weight_is_zero() -> None:
+    catalogue = Catalogue(histories={"u": UserHistory(rated("liked"), ["liked"], 1)})
+    recommend(catalogue, RecommendQuery("u", 2))
+    assert catalogue.input_asks[0].related_k == 0

@@ -73,7 +73,7 @@ def subject(models: OneModel | None, **settings: float) -> ServedPolicySubject:
 
 
 def test_the_content_path_ranks_by_the_profile_and_drops_what_is_revealed() -> None:
-    served = subject(None, popularity_weight=0.0)
+    served = subject(None, popularity_weight=0.0, co_occurrence_weight=0.0)
     history = planted()
     served.start_block(history, {"twin"})
     newcomer = [DatasetEvent("new", "i0", 5000.0, 5.0)]
@@ -88,7 +88,12 @@ def test_the_model_path_serves_the_blocks_model_and_publishes_as_the_trainer_doe
     trained: TrainedModel,
 ) -> None:
     models = OneModel(trained)
-    served = subject(models, model_content_weight=0.0, model_popularity_weight=0.0)
+    served = subject(
+        models,
+        model_content_weight=0.0,
+        model_popularity_weight=0.0,
+        model_co_occurrence_weight=0.0,
+    )
     history = planted()
     served.start_block(history, set())
     assert models.asked == [len(history)]

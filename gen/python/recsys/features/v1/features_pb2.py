@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from recsys.gateway.v1 import gateway_pb2 as recsys_dot_gateway_dot_v1_dot_gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!recsys/features/v1/features.proto\x12\x12recsys.features.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1frecsys/gateway/v1/gateway.proto\"?\n\x13\x41ppendEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.recsys.gateway.v1.Event\"Q\n\x14\x41ppendEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x13\n\x0blast_offset\x18\x03 \x01(\x03\"w\n\x0bLoggedEvent\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\'\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x18.recsys.gateway.v1.Event\x12/\n\x0b\x61ppended_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x11ReadEventsRequest\x12\x13\n\x0b\x66rom_offset\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"Y\n\x12ReadEventsResponse\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1f.recsys.features.v1.LoggedEvent\x12\x12\n\nend_offset\x18\x02 \x01(\x03\"\x88\x01\n\x0bInteraction\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.recsys.gateway.v1.EventType\x12\r\n\x05value\x18\x03 \x01(\x02\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x15GetUserHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x1d\n\x15include_seen_item_ids\x18\x03 \x01(\x08\x12\x15\n\rknown_version\x18\x04 \x01(\t\"\x9a\x01\n\x16GetUserHistoryResponse\x12/\n\x06recent\x18\x01 \x03(\x0b\x32\x1f.recsys.features.v1.Interaction\x12\x15\n\rseen_item_ids\x18\x02 \x03(\t\x12\x14\n\x0c\x66irst_offset\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x11\n\tunchanged\x18\x05 \x01(\x08\"{\n\x12GetTrendingRequest\x12\t\n\x01k\x18\x01 \x01(\x05\x12)\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x15\n\rknown_version\x18\x04 \x01(\t\"g\n\x13GetTrendingResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.recsys.gateway.v1.ScoredItem\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tunchanged\x18\x03 \x01(\x08\"\x8f\x01\n\x17GetRankingInputsRequest\x12:\n\x07history\x18\x01 \x01(\x0b\x32).recsys.features.v1.GetUserHistoryRequest\x12\x38\n\x08trending\x18\x02 \x01(\x0b\x32&.recsys.features.v1.GetTrendingRequest\"\x92\x01\n\x18GetRankingInputsResponse\x12;\n\x07history\x18\x01 \x01(\x0b\x32*.recsys.features.v1.GetUserHistoryResponse\x12\x39\n\x08trending\x18\x02 \x01(\x0b\x32\'.recsys.features.v1.GetTrendingResponse\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\",\n\x12\x46orgetUserResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x03\"A\n\nItemVector\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\ncategories\x18\x02 \x03(\t\x12\x0e\n\x06vector\x18\x03 \x03(\x02\"<\n\x12UpsertItemsRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\"\x83\x01\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12/\n\x07vectors\x18\x02 \x03(\x0b\x32\x1e.recsys.features.v1.ItemVector\x12\x18\n\x10reused_encodings\x18\x03 \x01(\x05\x12\x0f\n\x07\x65ncoder\x18\x04 \x01(\t\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\":\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"T\n\x10GetItemsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\x12\x18\n\x10missing_item_ids\x18\x02 \x03(\t\"#\n\x12\x45ncodeTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"\x81\x01\n\x13\x45ncodeTextsResponse\x12?\n\x07vectors\x18\x01 \x03(\x0b\x32..recsys.features.v1.EncodeTextsResponse.Vector\x12\x0f\n\x07\x65ncoder\x18\x02 \x01(\t\x1a\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\">\n\x16ListItemVectorsRequest\x12\x15\n\rafter_item_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"f\n\x17ListItemVectorsResponse\x12/\n\x07vectors\x18\x01 \x03(\x0b\x32\x1e.recsys.features.v1.ItemVector\x12\x1a\n\x12next_after_item_id\x18\x02 \x01(\t2\xc9\x08\n\x0f\x46\x65\x61turesService\x12^\n\x0bUpsertItems\x12&.recsys.features.v1.UpsertItemsRequest\x1a\'.recsys.features.v1.UpsertItemsResponse\x12^\n\x0b\x44\x65leteItems\x12&.recsys.features.v1.DeleteItemsRequest\x1a\'.recsys.features.v1.DeleteItemsResponse\x12U\n\x08GetItems\x12#.recsys.features.v1.GetItemsRequest\x1a$.recsys.features.v1.GetItemsResponse\x12^\n\x0b\x45ncodeTexts\x12&.recsys.features.v1.EncodeTextsRequest\x1a\'.recsys.features.v1.EncodeTextsResponse\x12\x61\n\x0c\x41ppendEvents\x12\'.recsys.features.v1.AppendEventsRequest\x1a(.recsys.features.v1.AppendEventsResponse\x12[\n\nReadEvents\x12%.recsys.features.v1.ReadEventsRequest\x1a&.recsys.features.v1.ReadEventsResponse\x12g\n\x0eGetUserHistory\x12).recsys.features.v1.GetUserHistoryRequest\x1a*.recsys.features.v1.GetUserHistoryResponse\x12^\n\x0bGetTrending\x12&.recsys.features.v1.GetTrendingRequest\x1a\'.recsys.features.v1.GetTrendingResponse\x12m\n\x10GetRankingInputs\x12+.recsys.features.v1.GetRankingInputsRequest\x1a,.recsys.features.v1.GetRankingInputsResponse\x12[\n\nForgetUser\x12%.recsys.features.v1.ForgetUserRequest\x1a&.recsys.features.v1.ForgetUserResponse\x12j\n\x0fListItemVectors\x12*.recsys.features.v1.ListItemVectorsRequest\x1a+.recsys.features.v1.ListItemVectorsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!recsys/features/v1/features.proto\x12\x12recsys.features.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1frecsys/gateway/v1/gateway.proto\"?\n\x13\x41ppendEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.recsys.gateway.v1.Event\"Q\n\x14\x41ppendEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x13\n\x0blast_offset\x18\x03 \x01(\x03\"w\n\x0bLoggedEvent\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\'\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x18.recsys.gateway.v1.Event\x12/\n\x0b\x61ppended_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x11ReadEventsRequest\x12\x13\n\x0b\x66rom_offset\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x05\"Y\n\x12ReadEventsResponse\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1f.recsys.features.v1.LoggedEvent\x12\x12\n\nend_offset\x18\x02 \x01(\x03\"\x88\x01\n\x0bInteraction\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.recsys.gateway.v1.EventType\x12\r\n\x05value\x18\x03 \x01(\x02\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x15GetUserHistoryRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x1d\n\x15include_seen_item_ids\x18\x03 \x01(\x08\x12\x15\n\rknown_version\x18\x04 \x01(\t\"\x9a\x01\n\x16GetUserHistoryResponse\x12/\n\x06recent\x18\x01 \x03(\x0b\x32\x1f.recsys.features.v1.Interaction\x12\x15\n\rseen_item_ids\x18\x02 \x03(\t\x12\x14\n\x0c\x66irst_offset\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x11\n\tunchanged\x18\x05 \x01(\x08\"{\n\x12GetTrendingRequest\x12\t\n\x01k\x18\x01 \x01(\x05\x12)\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x18\n\x10\x65xclude_item_ids\x18\x03 \x03(\t\x12\x15\n\rknown_version\x18\x04 \x01(\t\"g\n\x13GetTrendingResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.recsys.gateway.v1.ScoredItem\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tunchanged\x18\x03 \x01(\x08\"\xc7\x01\n\x17GetRankingInputsRequest\x12:\n\x07history\x18\x01 \x01(\x0b\x32).recsys.features.v1.GetUserHistoryRequest\x12\x38\n\x08trending\x18\x02 \x01(\x0b\x32&.recsys.features.v1.GetTrendingRequest\x12\x36\n\x07related\x18\x03 \x01(\x0b\x32%.recsys.features.v1.GetRelatedRequest\"f\n\x11GetRelatedRequest\x12\t\n\x01k\x18\x01 \x01(\x05\x12\x1b\n\x13profile_half_life_s\x18\x02 \x01(\x01\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\"F\n\x0bRelatedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x17\n\x0f\x62\x65\x63\x61use_item_id\x18\x03 \x01(\t\"\xc4\x01\n\x18GetRankingInputsResponse\x12;\n\x07history\x18\x01 \x01(\x0b\x32*.recsys.features.v1.GetUserHistoryResponse\x12\x39\n\x08trending\x18\x02 \x01(\x0b\x32\'.recsys.features.v1.GetTrendingResponse\x12\x30\n\x07related\x18\x03 \x03(\x0b\x32\x1f.recsys.features.v1.RelatedItem\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\",\n\x12\x46orgetUserResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x03\"A\n\nItemVector\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x12\n\ncategories\x18\x02 \x03(\t\x12\x0e\n\x06vector\x18\x03 \x03(\x02\"<\n\x12UpsertItemsRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\"\x83\x01\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12/\n\x07vectors\x18\x02 \x03(\x0b\x32\x1e.recsys.features.v1.ItemVector\x12\x18\n\x10reused_encodings\x18\x03 \x01(\x05\x12\x0f\n\x07\x65ncoder\x18\x04 \x01(\t\"&\n\x12\x44\x65leteItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"&\n\x13\x44\x65leteItemsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\":\n\x0fGetItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\"T\n\x10GetItemsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recsys.gateway.v1.Item\x12\x18\n\x10missing_item_ids\x18\x02 \x03(\t\"#\n\x12\x45ncodeTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"\x81\x01\n\x13\x45ncodeTextsResponse\x12?\n\x07vectors\x18\x01 \x03(\x0b\x32..recsys.features.v1.EncodeTextsResponse.Vector\x12\x0f\n\x07\x65ncoder\x18\x02 \x01(\t\x1a\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\">\n\x16ListItemVectorsRequest\x12\x15\n\rafter_item_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"f\n\x17ListItemVectorsResponse\x12/\n\x07vectors\x18\x01 \x03(\x0b\x32\x1e.recsys.features.v1.ItemVector\x12\x1a\n\x12next_after_item_id\x18\x02 \x01(\t2\xc9\x08\n\x0f\x46\x65\x61turesService\x12^\n\x0bUpsertItems\x12&.recsys.features.v1.UpsertItemsRequest\x1a\'.recsys.features.v1.UpsertItemsResponse\x12^\n\x0b\x44\x65leteItems\x12&.recsys.features.v1.DeleteItemsRequest\x1a\'.recsys.features.v1.DeleteItemsResponse\x12U\n\x08GetItems\x12#.recsys.features.v1.GetItemsRequest\x1a$.recsys.features.v1.GetItemsResponse\x12^\n\x0b\x45ncodeTexts\x12&.recsys.features.v1.EncodeTextsRequest\x1a\'.recsys.features.v1.EncodeTextsResponse\x12\x61\n\x0c\x41ppendEvents\x12\'.recsys.features.v1.AppendEventsRequest\x1a(.recsys.features.v1.AppendEventsResponse\x12[\n\nReadEvents\x12%.recsys.features.v1.ReadEventsRequest\x1a&.recsys.features.v1.ReadEventsResponse\x12g\n\x0eGetUserHistory\x12).recsys.features.v1.GetUserHistoryRequest\x1a*.recsys.features.v1.GetUserHistoryResponse\x12^\n\x0bGetTrending\x12&.recsys.features.v1.GetTrendingRequest\x1a\'.recsys.features.v1.GetTrendingResponse\x12m\n\x10GetRankingInputs\x12+.recsys.features.v1.GetRankingInputsRequest\x1a,.recsys.features.v1.GetRankingInputsResponse\x12[\n\nForgetUser\x12%.recsys.features.v1.ForgetUserRequest\x1a&.recsys.features.v1.ForgetUserResponse\x12j\n\x0fListItemVectors\x12*.recsys.features.v1.ListItemVectorsRequest\x1a+.recsys.features.v1.ListItemVectorsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,37 +54,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTRENDINGRESPONSE']._serialized_start=1072
   _globals['_GETTRENDINGRESPONSE']._serialized_end=1175
   _globals['_GETRANKINGINPUTSREQUEST']._serialized_start=1178
-  _globals['_GETRANKINGINPUTSREQUEST']._serialized_end=1321
-  _globals['_GETRANKINGINPUTSRESPONSE']._serialized_start=1324
-  _globals['_GETRANKINGINPUTSRESPONSE']._serialized_end=1470
-  _globals['_FORGETUSERREQUEST']._serialized_start=1472
-  _globals['_FORGETUSERREQUEST']._serialized_end=1508
-  _globals['_FORGETUSERRESPONSE']._serialized_start=1510
-  _globals['_FORGETUSERRESPONSE']._serialized_end=1554
-  _globals['_ITEMVECTOR']._serialized_start=1556
-  _globals['_ITEMVECTOR']._serialized_end=1621
-  _globals['_UPSERTITEMSREQUEST']._serialized_start=1623
-  _globals['_UPSERTITEMSREQUEST']._serialized_end=1683
-  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1686
-  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1817
-  _globals['_DELETEITEMSREQUEST']._serialized_start=1819
-  _globals['_DELETEITEMSREQUEST']._serialized_end=1857
-  _globals['_DELETEITEMSRESPONSE']._serialized_start=1859
-  _globals['_DELETEITEMSRESPONSE']._serialized_end=1897
-  _globals['_GETITEMSREQUEST']._serialized_start=1899
-  _globals['_GETITEMSREQUEST']._serialized_end=1957
-  _globals['_GETITEMSRESPONSE']._serialized_start=1959
-  _globals['_GETITEMSRESPONSE']._serialized_end=2043
-  _globals['_ENCODETEXTSREQUEST']._serialized_start=2045
-  _globals['_ENCODETEXTSREQUEST']._serialized_end=2080
-  _globals['_ENCODETEXTSRESPONSE']._serialized_start=2083
-  _globals['_ENCODETEXTSRESPONSE']._serialized_end=2212
-  _globals['_ENCODETEXTSRESPONSE_VECTOR']._serialized_start=2188
-  _globals['_ENCODETEXTSRESPONSE_VECTOR']._serialized_end=2212
-  _globals['_LISTITEMVECTORSREQUEST']._serialized_start=2214
-  _globals['_LISTITEMVECTORSREQUEST']._serialized_end=2276
-  _globals['_LISTITEMVECTORSRESPONSE']._serialized_start=2278
-  _globals['_LISTITEMVECTORSRESPONSE']._serialized_end=2380
-  _globals['_FEATURESSERVICE']._serialized_start=2383
-  _globals['_FEATURESSERVICE']._serialized_end=3480
+  _globals['_GETRANKINGINPUTSREQUEST']._serialized_end=1377
+  _globals['_GETRELATEDREQUEST']._serialized_start=1379
+  _globals['_GETRELATEDREQUEST']._serialized_end=1481
+  _globals['_RELATEDITEM']._serialized_start=1483
+  _globals['_RELATEDITEM']._serialized_end=1553
+  _globals['_GETRANKINGINPUTSRESPONSE']._serialized_start=1556
+  _globals['_GETRANKINGINPUTSRESPONSE']._serialized_end=1752
+  _globals['_FORGETUSERREQUEST']._serialized_start=1754
+  _globals['_FORGETUSERREQUEST']._serialized_end=1790
+  _globals['_FORGETUSERRESPONSE']._serialized_start=1792
+  _globals['_FORGETUSERRESPONSE']._serialized_end=1836
+  _globals['_ITEMVECTOR']._serialized_start=1838
+  _globals['_ITEMVECTOR']._serialized_end=1903
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=1905
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=1965
+  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1968
+  _globals['_UPSERTITEMSRESPONSE']._serialized_end=2099
+  _globals['_DELETEITEMSREQUEST']._serialized_start=2101
+  _globals['_DELETEITEMSREQUEST']._serialized_end=2139
+  _globals['_DELETEITEMSRESPONSE']._serialized_start=2141
+  _globals['_DELETEITEMSRESPONSE']._serialized_end=2179
+  _globals['_GETITEMSREQUEST']._serialized_start=2181
+  _globals['_GETITEMSREQUEST']._serialized_end=2239
+  _globals['_GETITEMSRESPONSE']._serialized_start=2241
+  _globals['_GETITEMSRESPONSE']._serialized_end=2325
+  _globals['_ENCODETEXTSREQUEST']._serialized_start=2327
+  _globals['_ENCODETEXTSREQUEST']._serialized_end=2362
+  _globals['_ENCODETEXTSRESPONSE']._serialized_start=2365
+  _globals['_ENCODETEXTSRESPONSE']._serialized_end=2494
+  _globals['_ENCODETEXTSRESPONSE_VECTOR']._serialized_start=2470
+  _globals['_ENCODETEXTSRESPONSE_VECTOR']._serialized_end=2494
+  _globals['_LISTITEMVECTORSREQUEST']._serialized_start=2496
+  _globals['_LISTITEMVECTORSREQUEST']._serialized_end=2558
+  _globals['_LISTITEMVECTORSRESPONSE']._serialized_start=2560
+  _globals['_LISTITEMVECTORSRESPONSE']._serialized_end=2662
+  _globals['_FEATURESSERVICE']._serialized_start=2665
+  _globals['_FEATURESSERVICE']._serialized_end=3762
 # @@protoc_insertion_point(module_scope)

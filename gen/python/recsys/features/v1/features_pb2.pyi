@@ -113,20 +113,44 @@ class GetTrendingResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[_gateway_pb2.ScoredItem, _Mapping]]] = ..., version: _Optional[str] = ..., unchanged: _Optional[bool] = ...) -> None: ...
 
 class GetRankingInputsRequest(_message.Message):
-    __slots__ = ("history", "trending")
+    __slots__ = ("history", "trending", "related")
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     TRENDING_FIELD_NUMBER: _ClassVar[int]
+    RELATED_FIELD_NUMBER: _ClassVar[int]
     history: GetUserHistoryRequest
     trending: GetTrendingRequest
-    def __init__(self, history: _Optional[_Union[GetUserHistoryRequest, _Mapping]] = ..., trending: _Optional[_Union[GetTrendingRequest, _Mapping]] = ...) -> None: ...
+    related: GetRelatedRequest
+    def __init__(self, history: _Optional[_Union[GetUserHistoryRequest, _Mapping]] = ..., trending: _Optional[_Union[GetTrendingRequest, _Mapping]] = ..., related: _Optional[_Union[GetRelatedRequest, _Mapping]] = ...) -> None: ...
+
+class GetRelatedRequest(_message.Message):
+    __slots__ = ("k", "profile_half_life_s", "filter")
+    K_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_HALF_LIFE_S_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    k: int
+    profile_half_life_s: float
+    filter: _gateway_pb2.Filter
+    def __init__(self, k: _Optional[int] = ..., profile_half_life_s: _Optional[float] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ...) -> None: ...
+
+class RelatedItem(_message.Message):
+    __slots__ = ("item_id", "score", "because_item_id")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    BECAUSE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    score: float
+    because_item_id: str
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., because_item_id: _Optional[str] = ...) -> None: ...
 
 class GetRankingInputsResponse(_message.Message):
-    __slots__ = ("history", "trending")
+    __slots__ = ("history", "trending", "related")
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     TRENDING_FIELD_NUMBER: _ClassVar[int]
+    RELATED_FIELD_NUMBER: _ClassVar[int]
     history: GetUserHistoryResponse
     trending: GetTrendingResponse
-    def __init__(self, history: _Optional[_Union[GetUserHistoryResponse, _Mapping]] = ..., trending: _Optional[_Union[GetTrendingResponse, _Mapping]] = ...) -> None: ...
+    related: _containers.RepeatedCompositeFieldContainer[RelatedItem]
+    def __init__(self, history: _Optional[_Union[GetUserHistoryResponse, _Mapping]] = ..., trending: _Optional[_Union[GetTrendingResponse, _Mapping]] = ..., related: _Optional[_Iterable[_Union[RelatedItem, _Mapping]]] = ...) -> None: ...
 
 class ForgetUserRequest(_message.Message):
     __slots__ = ("user_id",)
