@@ -42,7 +42,9 @@ def ids(reply: api.RecommendResponse) -> list[str]:
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserSuite]:
-    running = UserSuite(tmp_path_factory.mktemp("events")).start()
+    # The items users act on together count here (they are off by default).
+    together = {"RECSYS_GATEWAY_CO_OCCURRENCE_WEIGHT": "1.0"}
+    running = UserSuite(tmp_path_factory.mktemp("events"), env=together).start()
     movies = catalogue() + [m for m in catalogue(extra={GODFATHER}) if m.item_id == GODFATHER]
     client = running.client()
     for start in range(0, len(movies), 256):
@@ -76,6 +78,23 @@ def test_a_new_event_changes_the_next_recommendation(suite: UserSuite) -> None:
     after = recommend(suite, "fresh", explain=True)
     assert ids(after) != ids(before)
     assert any("Godfather" in reason for item in after.items for reason in item.reasons)
+
+
+def test_what_others_did_next_is_recommended_at_once_and_named(suite: UserSuite) -> None:
+    godfather_fans = [f"mob-{n}" for n in range(3)]
+    for n, fan in enumerate(godfather_fans):  # each went from Jumanji to The Godfather
+        log(suite, rate(f"{fan}-1", fan, JUMANJI, T0 + n), rate(f"{fan}-2", fan, GODFATHER, T0 + n))
+    log(suite, rate("next-1", "next", JUMANJI, T0 + 10))
+    reply = recommend(suite, "next", k=3, explain=True)
+    assert GODFATHER in ids(reply)
+    (reason,) = reply.items[ids(reply).index(GODFATHER)].reasons
+    assert reason == "people who rated Jumanji (1995) also chose this"
+    suite.stub().ForgetUser(api.ForgetUserRequest(user_id="next"), timeout=10)
+    for fan in godfather_fans:
+        suite.stub().ForgetUser(api.ForgetUserRequest(user_id=fan), timeout=10)
+    log(suite, rate("next-2", "next", JUMANJI, T0 + 11))
+    again = recommend(suite, "next", k=3, explain=True)
+    assert all("people who" not in r for item in again.items for r in item.reasons)
 
 
 def test_unknown_user_gets_trending_items_as_fallback(suite: UserSuite) -> None:

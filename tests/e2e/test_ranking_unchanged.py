@@ -4,8 +4,8 @@ items in the same order, the same scores and reasons, for users with and without
 and the same answers from the in-process path (suite/in_process.py) on a copy of that state.
 
 tests/e2e/data/ranking_before.json was written by this test (RECSYS_WRITE_RANKING=1) at
-987da94, before the change; a deliberate change to the ranking rewrites it, as the items
-users act on together did when they joined the ranking (issue 17)."""
+987da94, before the change; a deliberate change to the ranking rewrites it. The items
+users act on together (issue 17) are off by default, and these answers hold with them off."""
 
 from __future__ import annotations
 
