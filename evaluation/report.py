@@ -33,6 +33,14 @@ def markdown(report: dict[str, Any]) -> str:
         cells = [f"{result['prequential']['overall']['hr@10']:.3f}"]
         cells += [f"{blocks[key]:.3f}" for key, _ in BLOCK_COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, result in report["subjects"].items():
+        for protocol, chosen in result.get("ranking", {}).items():
+            settings = ", ".join(f"{k} {v:g}" for k, v in sorted(chosen["settings"].items()))
+            lines += [
+                "",
+                f"{name}, at the end of the {protocol} replay: the ranking settings its "
+                f"trainer chose ({chosen['changes']} changes): {settings or 'not tuned'}",
+            ]
     return "\n".join(lines) + "\n"
 
 

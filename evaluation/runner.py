@@ -16,14 +16,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 from tqdm import tqdm
 
 from evaluation import protocols, report
-from evaluation.baselines import ItemKNN, MostPopular, RecentlyPopular, Recommender
+from evaluation.baselines import ItemKNN, MostPopular, PerEventALS, RecentlyPopular, Recommender
 from evaluation.dataset import Split, split
 from evaluation.protocols import Subject
-from evaluation.subjects import BaselineSubject, ModelSuiteSubject, SuiteSubject
-from services.launcher import WITHOUT_TRAINER, Suite, SuiteSpec
+from evaluation.subjects import (
+    BaselineSubject,
+    ContinualSuiteSubject,
+    ModelSuiteSubject,
+    SuiteSubject,
+)
+from recsys.features.v1 import features_pb2_grpc
+from recsys.trainer.v1 import trainer_pb2_grpc
+from services.launcher import SERVICES, WITHOUT_TRAINER, Suite, SuiteSpec
 from services.trainer import JobConfig, PublishSettings, TrainConfig, run_job
 from shared.items import Item
 from shared.model_store import ModelStore, model_name
@@ -32,6 +40,10 @@ from suite.datasets import dataset_dir, load_interactions, load_movies
 
 SUITE_NAME = "suite: content-profile"
 MODEL_NAME = "suite: two-tower (retrained per block)"
+CONTINUAL_NAME = "suite: continual trainer"
+# What `--subjects` names: the suite without a model, with a model retrained per block by
+# `recsys train`, and as `make up` runs it, with its continual trainer.
+SUITE_SUBJECTS = {"content": SUITE_NAME, "model": MODEL_NAME, "continual": CONTINUAL_NAME}
 
 
 @dataclass(frozen=True)
@@ -41,12 +53,12 @@ class EvalOptions:
     blocks: int = 8
     history_fraction: float = 0.6
     max_events: int = 0  # 0: every event in the file
-    with_model: bool = True
+    subjects: tuple[str, ...] = tuple(SUITE_SUBJECTS)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def baselines() -> list[Recommender]:
-    return [MostPopular(), RecentlyPopular(window=5_000), ItemKNN()]
+    return [MostPopular(), RecentlyPopular(window=5_000), ItemKNN(), PerEventALS()]
 
 
 def catalogue_for(ratings: Path) -> dict[str, Item]:
@@ -92,22 +104,44 @@ class PrivateSuite:
         shutil.copytree(self.root / "history", target)
         return target
 
-    def run(self, data: Split, bar: tqdm, with_model: bool) -> dict[str, Any]:
-        name = MODEL_NAME if with_model else SUITE_NAME
+    def run(self, data: Split, bar: tqdm, kind: str) -> dict[str, Any]:
         results = []
+        ranking: dict[str, Any] = {}
         for protocol in (protocols.run_blocks, protocols.run_prequential):
-            run_dir = self._copy(f"{'model' if with_model else 'content'}-{protocol.__name__}")
-            with _Running(run_dir, self.catalogue) as running:
-                subject = running.model_subject(self.train) if with_model else running.subject(name)
-                results.append(protocol(subject, data, bar.update))
+            run_dir = self._copy(f"{kind}-{protocol.__name__}")
+            with _Running(run_dir, self.catalogue, kind == "continual", self.train) as running:
+                subject: Subject
+                if kind == "continual":
+                    continual = running.continual_subject()
+                    results.append(protocol(continual, data, bar.update))
+                    ranking[protocol.__name__.removeprefix("run_")] = continual.ranking()
+                else:
+                    if kind == "model":
+                        subject = running.model_subject(self.train)
+                    else:
+                        subject = running.subject(SUITE_NAME)
+                    results.append(protocol(subject, data, bar.update))
             shutil.rmtree(run_dir, ignore_errors=True)
-        return _results(results[0], results[1])
+        combined = _results(results[0], results[1])
+        if ranking:
+            combined["ranking"] = ranking
+        return combined
 
 
 class _Running:
-    def __init__(self, data_dir: Path, catalogue: Mapping[str, Item]) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        catalogue: Mapping[str, Item],
+        with_trainer: bool = False,
+        train: TrainConfig | None = None,
+    ) -> None:
+        """`with_trainer`: the continual trainer too, its full trainings within
+        `train.max_seconds`; its other settings are its defaults."""
+        services = SERVICES if with_trainer else WITHOUT_TRAINER
+        env = {"RECSYS_TRAINER_MAX_SECONDS": str(train.max_seconds)} if train else {}
         self.suite = Suite(
-            SuiteSpec.on_free_ports(data_dir, data_dir.parent / "logs", WITHOUT_TRAINER)
+            SuiteSpec.on_free_ports(data_dir, data_dir.parent / "logs", services, env)
         )
         self.catalogue = catalogue
         self.client: GatewayClient | None = None
@@ -140,7 +174,21 @@ class _Running:
 
         return ModelSuiteSubject(self.client, self.catalogue, MODEL_NAME, train_and_publish)
 
+    def continual_subject(self) -> ContinualSuiteSubject:
+        assert self.client is not None
+        spec = self.suite.spec
+        self._channels = [grpc.insecure_channel(spec.address(s)) for s in ("trainer", "features")]
+        return ContinualSuiteSubject(
+            self.client,
+            self.catalogue,
+            CONTINUAL_NAME,
+            trainer_pb2_grpc.TrainerServiceStub(self._channels[0]),
+            features_pb2_grpc.FeaturesServiceStub(self._channels[1]),
+        )
+
     def __exit__(self, *exc: object) -> None:
+        for opened in getattr(self, "_channels", []):
+            opened.close()
         if self.client is not None:
             self.client.close()
         self.suite.stop()
@@ -153,16 +201,18 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
     data = split(interactions, options.history_fraction, options.blocks)
     test_events = sum(len(b) for b in data.blocks)
     started = time.monotonic()
+    unknown = set(options.subjects) - set(SUITE_SUBJECTS)
+    if unknown:
+        raise ValueError(f"unknown subjects {sorted(unknown)}; choose from {list(SUITE_SUBJECTS)}")
     subjects: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="recsys-eval-") as tmp:
         suite = PrivateSuite(Path(tmp), catalogue_for(options.ratings), options.train)
         print("Loading the catalogue and the history into the suite ...", flush=True)
         suite.load_history(data)
-        for name, with_model in ((SUITE_NAME, False), (MODEL_NAME, True)):
-            if with_model and not options.with_model:
-                continue
+        for kind in options.subjects:
+            name = SUITE_SUBJECTS[kind]
             with tqdm(total=2 * test_events, desc=name, unit="event") as bar:
-                subjects[name] = suite.run(data, bar, with_model)
+                subjects[name] = suite.run(data, bar, kind)
     for recommender in baselines():
         with tqdm(total=2 * test_events, desc=recommender.name, unit="event") as bar:
             subjects[recommender.name] = _run_baseline(BaselineSubject(recommender), data, bar)
@@ -184,7 +234,7 @@ def run_eval(
     blocks: int,
     history_fraction: float,
     max_events: int,
-    with_model: bool = True,
+    subjects: tuple[str, ...] = tuple(SUITE_SUBJECTS),
     train_seconds: float | None = None,
 ) -> int:
     train = TrainConfig()
@@ -196,7 +246,7 @@ def run_eval(
         blocks,
         history_fraction,
         max_events,
-        with_model,
+        subjects,
         train,
     )
     result = evaluate(options)

@@ -19,11 +19,10 @@ import numpy as np
 from services.features import Behaviour, SqliteEventLog, Trending
 from services.gateway import GatewayConfig, Recommender, RecommendQuery
 from services.retrieval import IndexRegistry, IndexSettings, Record, VectorStore
-from services.trainer import TrainedModel, embed_items
+from services.trainer import InProcessSources, TrainedModel, embed_items, serving_info
 from shared.items import CONTENT_INDEX
 from shared.model_store import ServingInfo, index_categories
 from suite.datasets import DatasetEvent, load_movies
-from suite.in_process import InProcessSources
 
 UPSERT_BATCH = 1_000
 
@@ -38,18 +37,6 @@ class PerBlockModels(Protocol):
 def movie_categories() -> dict[str, tuple[str, ...]]:
     """Each MovieLens movie's genres: its categories in the catalogue."""
     return {movie.item_id: tuple(movie.categories) for movie in load_movies()}
-
-
-def serving_info(trained: TrainedModel, version: int) -> ServingInfo:
-    """What a gateway reads from the version's serving.json, for a model trained here."""
-    return ServingInfo(
-        version=version,
-        history_len=trained.tower.history_len,
-        dimension=trained.tower.dim,
-        users={user: row for row, user in enumerate(trained.users.ids, start=1)},
-        items={item: row for row, item in enumerate(trained.items.ids, start=1)},
-        trained_through_offset=trained.trained_through_offset,
-    )
 
 
 def _chunks(records: list[Record]) -> Iterator[list[Record]]:

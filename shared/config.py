@@ -52,6 +52,9 @@ class Env:
         value = self._environ.get(self.prefix + name)
         return None if value is None or value.strip() == "" else value.strip()
 
+    def is_set(self, name: str) -> bool:
+        return self._raw(name) is not None
+
     def string(self, name: str, default: str) -> str:
         value = self._raw(name)
         return default if value is None else value

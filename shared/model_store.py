@@ -5,9 +5,10 @@
     <root>/live.json              which version serves; the gateway switches when it changes
 
 serving.json is what a gateway needs to call version N: the id -> row maps of its towers
-(row = position + 1; row 0 is "unknown to this version"), the history length and the
-highest log offset the version learned. A forgotten user's id is replaced by a placeholder
-no real id can equal (`forgotten_id`), so the rows after it keep their numbers.
+(row = position + 1; row 0 is "unknown to this version"), the history length, the
+highest log offset the version learned and the ranking weights chosen with it. A
+forgotten user's id is replaced by a placeholder no real id can equal (`forgotten_id`), so
+the rows after it keep their numbers.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class ServingInfo:
     # The highest log offset inside the version: a user whose oldest event in the log is
     # newer (a forgotten user who came back, say) is not the user its row was learned for.
     trained_through_offset: int = 0
+    # The ranking settings chosen with this version (RankingSettings field -> value); the
+    # gateway serves them with it, so that a switch changes model and weights together.
+    ranking: Mapping[str, float] = field(default_factory=dict)
 
     def user_row(self, user_id: str, first_offset: int) -> int:
         """The user's row, if this version learned from the user's events still in the log
@@ -127,6 +131,7 @@ class ModelStore:
         user_ids: Sequence[str],
         item_ids: Sequence[str],
         trained_through_offset: int,
+        ranking: Mapping[str, float] | None = None,
     ) -> None:
         directory = self.version_dir(version)
         directory.mkdir(parents=True, exist_ok=True)
@@ -139,6 +144,7 @@ class ModelStore:
                 "users": list(user_ids),
                 "items": list(item_ids),
                 "trained_through_offset": trained_through_offset,
+                "ranking": dict(ranking or {}),
                 "written_at": time.time(),
             },
         )
@@ -154,6 +160,7 @@ class ModelStore:
             users={user: row for row, user in enumerate(raw["users"], start=1)},
             items={item: row for row, item in enumerate(raw["items"], start=1)},
             trained_through_offset=int(raw.get("trained_through_offset", trained_through_offset)),
+            ranking={name: float(value) for name, value in raw.get("ranking", {}).items()},
         )
 
     def is_complete(self, version: int) -> bool:

@@ -41,7 +41,7 @@ def _eval(args: argparse.Namespace) -> int:
         args.blocks,
         args.history,
         args.max_events,
-        with_model=not args.no_model,
+        subjects=tuple(s.strip() for s in args.subjects.split(",") if s.strip()),
         train_seconds=args.train_seconds,
     )
 
@@ -120,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     training.add_argument("--from-offset", type=int, default=0, help="first log offset to learn")
     training.add_argument("--no-publish", action="store_true", help="train and save only")
     evaluation.add_argument(
-        "--no-model", action="store_true", help="leave out the trained two-tower model"
+        "--subjects",
+        default="content,model,continual",
+        help="the suite's subjects, comma-separated: content (no model), model (retrained "
+        "per block by recsys train), continual (the continual trainer, as make up runs it)",
     )
     evaluation.add_argument(
         "--train-seconds", type=float, default=None, help="time budget of each model training"

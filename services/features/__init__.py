@@ -5,6 +5,7 @@
 # from a copy of its stores.
 from services.features.behaviour import Behaviour
 from services.features.catalog_store import CatalogStore
+from services.features.co_occurrence import CoOccurrence
 from services.features.config import FeaturesConfig
 from services.features.encoder import TextEncoder
 from services.features.event_log import SqliteEventLog
@@ -13,6 +14,7 @@ from services.features.trending import Trending
 __all__ = [
     "Behaviour",
     "CatalogStore",
+    "CoOccurrence",
     "FeaturesConfig",
     "SqliteEventLog",
     "TextEncoder",

@@ -1,16 +1,19 @@
 """The gateway: the public API that backend systems call."""
 
-# Its ranking policy and settings, grpc-free: the benchmark's in-process yardstick runs
-# them over the services' domain code (suite/in_process.py) and times the user tower with
+# Its ranking policy and settings, grpc-free: the trainer's tuner ranks with them over the
+# other services' domain code (services/trainer/in_process_sources.py), as do the offline
+# studies and the benchmark's in-process yardstick, which also times the user tower with
 # the inputs the gateway sends it.
 from services.gateway.config import GatewayConfig
 from services.gateway.recommend import (
     CONTENT_MODEL,
+    TUNED_SETTINGS,
     Hit,
     InputsQuery,
     ModelSearch,
     ProfileSearch,
     RankingInputs,
+    RankingSettings,
     Recommendation,
     Recommender,
     RecommendQuery,
@@ -23,12 +26,14 @@ from services.gateway.recommend import (
 
 __all__ = [
     "CONTENT_MODEL",
+    "TUNED_SETTINGS",
     "GatewayConfig",
     "Hit",
     "InputsQuery",
     "ModelSearch",
     "ProfileSearch",
     "RankingInputs",
+    "RankingSettings",
     "Recommendation",
     "RecommendQuery",
     "Recommender",

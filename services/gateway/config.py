@@ -4,7 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.gateway.recommend import RankingSettings
+from services.gateway.recommend import TUNED_SETTINGS, RankingSettings
 from shared.config import Env, ServerConfig, default_address, model_dir
 
 PREFIX = "RECSYS_GATEWAY_"
@@ -34,6 +34,9 @@ class GatewayConfig:
     trainer_address: str  # the continual trainer, told of forgotten users; "": none deployed
     user_vector_cache: int  # users whose last user-tower vector is kept; 0: none
     history_cache_ids: int  # item ids, in all, of the users' histories kept; 0: none
+    # The tuned settings set here (RECSYS_GATEWAY_<NAME>): fixed, whatever the trainer
+    # chooses from the data; the others are the defaults until a version brings its own.
+    pinned: frozenset[str]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -55,8 +58,8 @@ class GatewayConfig:
             model_popularity_weight=env.number("MODEL_POPULARITY_WEIGHT", 1.0, minimum=0.0),
             model_content_weight=env.number("MODEL_CONTENT_WEIGHT", 1.0, minimum=0.0),
             new_item_share=env.number("NEW_ITEM_SHARE", 0.1, minimum=0.0, maximum=1.0),
-            # Off until the suite tunes its weights to the data (issue 17): at 1.0 on
-            # MovieLens it lifts the prequential figures and lowers the blocks' ones.
+            # Off until the trainer finds it helps on the data (ranking_tuner.py): at 1.0
+            # on MovieLens it lifts the prequential figures and lowers the blocks' ones.
             co_occurrence_weight=env.number("CO_OCCURRENCE_WEIGHT", 0.0, minimum=0.0),
             model_co_occurrence_weight=env.number("MODEL_CO_OCCURRENCE_WEIGHT", 0.0, minimum=0.0),
             co_occurrence_candidates=env.integer(
@@ -65,6 +68,7 @@ class GatewayConfig:
             trainer_address=env.optional_address("TRAINER_ADDRESS", default_address("trainer")),
             user_vector_cache=env.integer("USER_VECTOR_CACHE", 10_000, minimum=0),
             history_cache_ids=env.integer("HISTORY_CACHE_IDS", 500_000, minimum=0),
+            pinned=frozenset(name for name in TUNED_SETTINGS if env.is_set(name.upper())),
         )
 
     def ranking(self) -> RankingSettings:
@@ -79,4 +83,5 @@ class GatewayConfig:
             co_occurrence_weight=self.co_occurrence_weight,
             model_co_occurrence_weight=self.model_co_occurrence_weight,
             co_occurrence_candidates=self.co_occurrence_candidates,
+            pinned=self.pinned,
         )

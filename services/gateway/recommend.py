@@ -13,11 +13,12 @@ filled with trending items the user has not seen. The policy reaches the service
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -76,6 +77,30 @@ class RankingSettings:
     co_occurrence_weight: float = 0.0  # co-occurrence added to the profile's, at most this
     model_co_occurrence_weight: float = 0.0  # the same, added to the model's scores
     co_occurrence_candidates: int = 100  # related items asked for
+    # TUNED_SETTINGS fixed by configuration: a version's published values do not change them.
+    pinned: frozenset[str] = frozenset()
+
+    def with_published(self, published: Mapping[str, float]) -> RankingSettings:
+        """These settings with the values a model version was published with, where they
+        are tuned settings and not pinned."""
+        changes: dict[str, Any] = {
+            name: float(value)
+            for name, value in published.items()
+            if name in TUNED_SETTINGS and name not in self.pinned
+        }
+        return dataclasses.replace(self, **changes) if changes else self
+
+
+# What the trainer chooses from the data (services/trainer/ranking_tuner.py) and publishes
+# with each model version: the terms added to the model's scores, the kept places and how
+# the profile weighs a user's past.
+TUNED_SETTINGS = (
+    "model_popularity_weight",
+    "model_content_weight",
+    "model_co_occurrence_weight",
+    "new_item_share",
+    "profile_half_life_s",
+)
 
 
 # What the policy reads ----------------------------------------------------------------------
@@ -284,28 +309,43 @@ class Recommender:
         self.settings = settings
         self.sources = sources
         self.user_vectors = user_vectors or UserVectorCache(0)
+        self._published: tuple[ServingInfo, RankingSettings] | None = None
+
+    def settings_for(self, model: ServingInfo | None) -> RankingSettings:
+        """The settings a request answered by `model` ranks by: its published ones over
+        the configured ones."""
+        if model is None or not model.ranking:
+            return self.settings
+        held = self._published
+        if held is None or held[0] is not model:
+            held = self._published = (model, self.settings.with_published(model.ranking))
+        return held[1]
 
     async def recommend(self, query: RecommendQuery, model: ServingInfo | None) -> Recommendation:
         """From `model` (read once by the caller, so the request never mixes versions), or
         from the content profile without one or when its user tower does not answer."""
+        settings = self.settings_for(model)
         if model is not None:
             try:
-                return await self._from_model(query, model)
+                return await self._from_model(query, model, settings)
             except UserVectorUnavailable as error:
                 log.warning(
                     "model unavailable, answering from content profile",
                     extra={"model": model.name, "why": str(error)},
                 )
-                answer = await self._from_content(query)
+                answer = await self._from_content(query, settings)
                 answer.fallback = True
                 return answer
-        return await self._from_content(query)
+        return await self._from_content(query, settings)
 
-    async def _from_model(self, query: RecommendQuery, model: ServingInfo) -> Recommendation:
-        settings = self.settings
+    async def _from_model(
+        self, query: RecommendQuery, model: ServingInfo, settings: RankingSettings
+    ) -> Recommendation:
         limit = max(settings.recent_history, model.history_len)
         blend = settings.model_popularity_weight > 0
-        inputs = await self._inputs(query, limit, blend, settings.model_co_occurrence_weight)
+        inputs = await self._inputs(
+            query, settings, limit, blend, settings.model_co_occurrence_weight
+        )
         history, trending = inputs.history, inputs.trending
         user_row, rows, weights = user_inputs(
             model, query.user_id, history.recent, history.first_offset
@@ -373,10 +413,11 @@ class Recommender:
         self.user_vectors.put(model, user_id, inputs, vector)
         return vector
 
-    async def _from_content(self, query: RecommendQuery) -> Recommendation:
-        settings = self.settings
+    async def _from_content(
+        self, query: RecommendQuery, settings: RankingSettings
+    ) -> Recommendation:
         inputs = await self._inputs(
-            query, settings.recent_history, True, settings.co_occurrence_weight
+            query, settings, settings.recent_history, True, settings.co_occurrence_weight
         )
         history, trending = inputs.history, inputs.trending
         picks: list[_Pick] = []
@@ -413,9 +454,13 @@ class Recommender:
         return await self._answer(query, picks, history, CONTENT_MODEL, fallback)
 
     async def _inputs(
-        self, query: RecommendQuery, limit: int, trending: bool, co_occurrence_weight: float
+        self,
+        query: RecommendQuery,
+        settings: RankingSettings,
+        limit: int,
+        trending: bool,
+        co_occurrence_weight: float,
     ) -> RankingInputs:
-        settings = self.settings
         return await self.sources.ranking_inputs(
             InputsQuery(
                 user_id=query.user_id,

@@ -26,6 +26,7 @@ from services.trainer.continual_learner import (  # noqa: E402
 )
 from services.trainer.export import export_repository  # noqa: E402
 from services.trainer.features_reader import read_content, read_events  # noqa: E402
+from services.trainer.in_process_sources import InProcessSources  # noqa: E402
 from services.trainer.model_training import (  # noqa: E402
     TrainConfig,
     TrainedModel,
@@ -33,6 +34,7 @@ from services.trainer.model_training import (  # noqa: E402
     embed_users,
     load_trained,
     save_trained,
+    serving_info,
     train,
 )
 from services.trainer.publisher import PublishReport, PublishSettings  # noqa: E402
@@ -42,6 +44,7 @@ from services.trainer.two_tower import TowerConfig  # noqa: E402
 __all__ = [
     "ContinualConfig",
     "ContinualLearner",
+    "InProcessSources",
     "JobConfig",
     "JobResult",
     "PublishReport",
@@ -60,5 +63,6 @@ __all__ = [
     "read_events",
     "run_job",
     "save_trained",
+    "serving_info",
     "train",
 ]

@@ -7,8 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from services.features import FeaturesConfig
+from services.gateway import GatewayConfig, RankingSettings
 from services.trainer.continual_learner import ContinualConfig
 from services.trainer.gate import GateConfig
+from services.trainer.ranking_tuner import Signals, TunerConfig
 from services.trainer.training_job import PREFIX, JobConfig
 from shared.config import Env, ServerConfig, data_root
 
@@ -33,12 +36,19 @@ class TrainerConfig:
     ray_cpus: int  # the in-process Ray's CPUs: the actor takes one, a full retrain one
     ray_object_store_bytes: int
     keep_checkpoints: int
+    # The gateway's ranking settings (RECSYS_GATEWAY_*, pins included), which the tuner
+    # starts from, and how features keeps the signals it ranks by (RECSYS_FEATURES_*):
+    # give the trainer the same values as those services.
+    ranking: RankingSettings
+    signals: Signals
+    tuner: TunerConfig
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TrainerConfig:
         env = Env(PREFIX, environ)
         source = os.environ if environ is None else environ
-        defaults, gate = ContinualConfig(), GateConfig()
+        defaults, gate, tuner = ContinualConfig(), GateConfig(), TunerConfig()
+        features = FeaturesConfig.from_env(environ)
         job = JobConfig.from_env(environ)
         return cls(
             server=ServerConfig.from_env(env, "trainer"),
@@ -74,4 +84,16 @@ class TrainerConfig:
                 "RAY_OBJECT_STORE_BYTES", 200 * 1024 * 1024, minimum=78 * 1024 * 1024
             ),
             keep_checkpoints=env.integer("KEEP_CHECKPOINTS", 3, minimum=1),
+            ranking=GatewayConfig.from_env(environ).ranking(),
+            signals=Signals(
+                trending_half_life_s=features.trending_half_life_s,
+                co_occurrence_window=features.co_occurrence_window,
+                co_occurrence_neighbours=features.co_occurrence_neighbours,
+            ),
+            tuner=TunerConfig(
+                enabled=env.integer("TUNE_RANKING", 1, minimum=0, maximum=1) == 1,
+                sample=env.integer("TUNE_SAMPLE", tuner.sample, minimum=1),
+                window=env.integer("TUNE_WINDOW", tuner.window, minimum=2),
+                confidence_z=env.number("TUNE_CONFIDENCE_Z", tuner.confidence_z),
+            ),
         )

@@ -537,6 +537,7 @@ def copy_trained(trained: TrainedModel) -> TrainedModel:
         items=Vocabulary(trained.items.ids),
         metrics=dict(trained.metrics),
         item_counts=trained.item_counts.copy(),
+        ranking=dict(trained.ranking),
     )
 
 

@@ -36,10 +36,12 @@ from services.trainer.gate import GateDecision, decide
 from services.trainer.model_training import TrainedModel, forget_users, load_trained
 from services.trainer.publication import Publication
 from services.trainer.publisher import Publisher, PublishSettings
+from services.trainer.ranking_tuner import RankingTuner, tuned_values
 from services.trainer.retrain_schedule import RetrainRunner, RetrainSchedule, retrain_in_thread
 from shared.batching import Batched
 from shared.clients import channel
 from shared.embedding_client import EmbeddingClient
+from shared.events import LoggedEvent
 from shared.model_store import LiveVersion, model_name
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class ContinualTrainer:
             self.store, self.checkpoints, self.job.publish.grace_s, self.retrains.published
         )
         self.learner: ContinualLearner | None = None
+        self.tuner: RankingTuner | None = None  # None: the gateway's settings, untuned
         self.log_end = 0
         self.state = "starting"
         self.publish_requested = False
@@ -110,6 +113,8 @@ class ContinualTrainer:
                 await self._checkpoint()
         await self.publication.close()
         await self.retrains.close()
+        if self.tuner is not None:
+            self.tuner.close()
         await self._features_channel.close()
         await self._retrieval_channel.close()
         await self.embedding.close()
@@ -157,6 +162,18 @@ class ContinualTrainer:
         self.publication.publisher.discard_incomplete()  # a publish the kill cut short
         live = self.store.live()
         content = await read_content(self.features)
+        if self.config.tuner.enabled:
+            # The search goes on from the live version's values; the replay is rebuilt
+            # from the log as the learner goes on.
+            published = self.store.serving(live.version).ranking if live else {}
+            self.tuner = await asyncio.to_thread(
+                RankingTuner,
+                self.config.ranking.with_published(published),
+                self.config.tuner,
+                self.config.signals,
+                self.config.state_dir / "ranking-replay",
+            )
+            self.tuner.use_content(content)
         if commit.checkpoint:
             self.learner = await self._load_learner(commit.checkpoint, content)
             self.checkpointed_offset = self.learner.offset
@@ -219,14 +236,34 @@ class ContinualTrainer:
             learner = self.learner
             assert learner is not None
             limit = min(self.config.continual.max_batch_events, EVENT_PAGE)
-            events, self.log_end = await read_page(self.features, learner.offset + 1, limit)
+            before = learner.offset
+            events, self.log_end = await read_page(self.features, before + 1, limit)
             if not events:
                 return 0
             self.state = "learning"
             report = await asyncio.to_thread(learner.learn, events, self.publication.live_model)
+            await self._tune(before, events)
             self.state = "idle"
         self.retrains.learned(report.candidate.events, report.candidate.hits)
         return report.events
+
+    async def _tune(self, before: int, events: list[LoggedEvent]) -> None:
+        """The tuner follows the events just learned, and any it has not yet followed before
+        them (after a restart, it starts from the log's beginning)."""
+        tuner = self.tuner
+        if tuner is None:
+            return
+        if tuner.offset < before:
+            events = await read_events(self.features, tuner.offset + 1, before) + events
+        live = self.store.live()
+        await asyncio.to_thread(
+            tuner.observe, events, self.publication.live_model, live.version if live else 0
+        )
+
+    def _ranking(self) -> dict[str, float]:
+        """The tuned settings a version is published with; none when the trainer does not
+        tune (the gateway then ranks by its own configuration)."""
+        return tuned_values(self.tuner.chosen) if self.tuner is not None else {}
 
     async def _checkpoint(self, map_version: int | None = None) -> None:
         assert self.learner is not None
@@ -247,6 +284,8 @@ class ContinualTrainer:
         content = await read_content(self.features)
         self.content_read_at = time.monotonic()
         await asyncio.to_thread(learner.add_content, content)
+        if self.tuner is not None:
+            self.tuner.use_content(content)
 
     # Publishing ---------------------------------------------------------------------------
 
@@ -287,6 +326,7 @@ class ContinualTrainer:
             await self._checkpoint()
             candidate = await asyncio.to_thread(learner.snapshot)
             candidate.metrics = decision.candidate
+            candidate.ranking = self._ranking()
             self.publication.start(candidate, decision)
 
     # Full retrains ------------------------------------------------------------------------
@@ -358,6 +398,7 @@ class ContinualTrainer:
             await self._checkpoint()
             candidate = await asyncio.to_thread(learner.snapshot)
             candidate.metrics = decision.candidate
+            candidate.ranking = self._ranking()
             if self.publication.task is not None:
                 await self.publication.task  # one publish at a time, in order
             self.publication.start(candidate, decision)
@@ -403,6 +444,8 @@ class ContinualTrainer:
             commit.last_publish = time.time()
             self.checkpoints.write_commit()
             self.retrains.recent.clear()
+            if self.tuner is not None:  # the settings switch back with the model
+                self.tuner.adopt(self.store.serving(target).ranking)
         await self.publication.after_rollback(target)
         return target, live.version
 
@@ -423,6 +466,8 @@ class ContinualTrainer:
                 self.retrains.forgotten |= wanted
             if self.publication.live_model is not None:
                 forget_users(self.publication.live_model, wanted)
+            if self.tuner is not None:
+                await asyncio.to_thread(self.tuner.forget, wanted)
             if self.learner is not None:
                 found = await asyncio.to_thread(self.learner.forget, wanted)
                 for user, left in found.items():
@@ -469,4 +514,5 @@ class ContinualTrainer:
             "events_learned": learner.accounting.events_learned if learner else 0,
             "offset_sum": learner.accounting.offset_sum if learner else 0,
             "last_full_retrain_reason": self.commit.last_full_retrain_reason,
+            "ranking": self.tuner.status() if self.tuner is not None else {},
         }

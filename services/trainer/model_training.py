@@ -33,6 +33,7 @@ from services.trainer.two_tower import (
     left_padded,
 )
 from shared.events import LoggedEvent, interaction_weight
+from shared.model_store import ServingInfo
 from shared.ranking_metrics import hit_at_k, ndcg_at_k, recall_at_k
 
 IntArray = npt.NDArray[np.int64]
@@ -221,6 +222,7 @@ class TrainedModel:
     events_used: int
     item_counts: IntArray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
     newest_event_appended_at: float = 0.0  # when the log acknowledged the newest event learned
+    ranking: dict[str, float] = field(default_factory=dict)  # tuned settings published with it
 
 
 @dataclass(frozen=True)
@@ -815,6 +817,19 @@ def embed_items(
         elif 0 < rows[n] < buffer.shape[0]:
             matrix[n] = buffer[rows[n]].numpy()
     return _item_vectors(trained.model, rows, torch.from_numpy(matrix))
+
+
+def serving_info(trained: TrainedModel, version: int) -> ServingInfo:
+    """What a gateway reads from the version's serving.json, for a model held here."""
+    return ServingInfo(
+        version=version,
+        history_len=trained.tower.history_len,
+        dimension=trained.tower.dim,
+        users={user: row for row, user in enumerate(trained.users.ids, start=1)},
+        items={item: row for row, item in enumerate(trained.items.ids, start=1)},
+        trained_through_offset=trained.trained_through_offset,
+        ranking=dict(trained.ranking),
+    )
 
 
 def embed_users(

@@ -140,6 +140,7 @@ class Publisher:
             trained.users.ids,
             trained.items.ids,
             trained.trained_through_offset,
+            trained.ranking,
         )
 
     async def _serve_versions(self, trained: TrainedModel, versions: list[int]) -> None:

@@ -50,6 +50,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             ray_address=self.ray_address,
             learned_offset_sum=status["offset_sum"],
         )
+        ranking = status["ranking"]
+        if ranking:
+            reply.ranking_settings.update(ranking["weights"])
+            reply.ranking_changes = ranking["changes"]
+            reply.last_ranking_change = ranking["last_change"]
         if status["last_publish"]:
             reply.last_publish.FromNanoseconds(int(status["last_publish"] * 1e9))
         return reply

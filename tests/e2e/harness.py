@@ -60,6 +60,10 @@ class UserSuite:
             self.env["RECSYS_GATEWAY_TRAINER_ADDRESS"] = self.trainer
         self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.env["RECSYS_DATA_DIR"]) / "models"
+
     def start(self) -> UserSuite:
         self.process = subprocess.Popen([RECSYS, "up"], env=self.env)
         wait_serving(self.gateway, self.process)
@@ -135,7 +139,7 @@ class UserSuite:
         """`recsys train` against this suite, as an operator runs it; returns its output."""
         env = dict(
             self.env,
-            RECSYS_MODEL_DIR=str(Path(self.env["RECSYS_DATA_DIR"]) / "models"),
+            RECSYS_MODEL_DIR=str(self.model_dir),
             RECSYS_TRAINER_MAX_SECONDS=str(max_seconds),
             RECSYS_TRAINER_PUBLISH_GRACE_S=str(grace_s),
         )

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from services.gateway.recommend import TUNED_SETTINGS
+
 RECSYS = str(Path(sys.executable).parent / "recsys")
 MODEL = "suite: two-tower (retrained per block)"
-SUBJECTS = {"suite: content-profile", MODEL, "most-popular", "recently-popular", "item-knn"}
+CONTINUAL = "suite: continual trainer"
+BASELINES = {"most-popular", "recently-popular", "item-knn", "als (per-event user factors)"}
+SUBJECTS = {"suite: content-profile", MODEL, CONTINUAL} | BASELINES
 
 
 @pytest.mark.timeout(900)
@@ -46,5 +50,10 @@ def test_eval_reports_both_protocols_for_suite_and_baselines(tmp_path: Path) -> 
     assert suite["prequential"]["overall"]["hr@10"] > 0
     model = report["subjects"][MODEL]
     assert model["prequential"]["overall"]["hr@10"] > 0
+    # The suite as make up runs it: the trainer's choice of ranking settings is reported.
+    continual = report["subjects"][CONTINUAL]
+    assert continual["prequential"]["overall"]["hr@10"] > 0
+    assert set(continual["ranking"]["prequential"]["settings"]) == set(TUNED_SETTINGS)
+    assert "the ranking settings its trainer chose" in (out / "eval.md").read_text()
     assert "| item-knn |" in (out / "eval.md").read_text()
     assert (out / "eval.png").read_bytes()[:4] == b"\x89PNG"

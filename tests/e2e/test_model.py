@@ -172,7 +172,7 @@ def test_the_live_version_exports_for_tritons_pytorch_backend(
     suite: UserSuite, tmp_path: Path
 ) -> None:
     suite.wait_for_version("two-tower-1")
-    store = ModelStore(Path(suite.env["RECSYS_DATA_DIR"]) / "models")
+    store = ModelStore(suite.model_dir)
     version = export_repository(store, tmp_path / "production")
     assert version == store.live().version  # type: ignore[union-attr]
     for tower in ("user_tower", "item_tower"):

@@ -8,6 +8,7 @@ it), so that the tests can kill and restart it while the rest of the suite keeps
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -19,6 +20,7 @@ import pytest
 
 from recsys.gateway.v1 import gateway_pb2 as api
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from services.gateway.recommend import TUNED_SETTINGS
 from tests.e2e.harness import TrainerProcess, UserSuite, catalogue, files_holding
 from tests.e2e.test_events import T0, log, rate, recommend
 
@@ -116,6 +118,10 @@ def test_logged_events_reach_a_published_model_with_no_manual_step(
     assert now.learned_offset_sum == later.last_offset * (later.last_offset + 1) // 2
     assert now.last_gate_decision.startswith("published")
     assert not now.full_retrain_running
+    # The ranking settings it chooses from the events, published with each version.
+    assert set(now.ranking_settings) == set(TUNED_SETTINGS)
+    serving = suite.model_dir / "versions" / newer.removeprefix("two-tower-") / "serving.json"
+    assert set(json.loads(serving.read_text())["ranking"]) == set(TUNED_SETTINGS)
 
     gateway = suite.stub().GetStatus(api.GetStatusRequest(), timeout=10)
     suite.wait_for_version(newer)

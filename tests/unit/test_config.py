@@ -81,3 +81,15 @@ def test_suite_services_variable_picks_services_in_start_order() -> None:
     assert chosen == ("features", "gateway")
     with pytest.raises(ValueError, match="unknown"):
         SuiteSpec.from_env({"RECSYS_SUITE_SERVICES": "features,nope"})
+
+
+def test_a_tuned_setting_set_in_the_environment_is_pinned_for_gateway_and_trainer() -> None:
+    from services.trainer.config import TrainerConfig
+
+    env = {"RECSYS_GATEWAY_MODEL_POPULARITY_WEIGHT": "0.3", "RECSYS_TRAINER_TUNE_WINDOW": "50"}
+    ranking = GatewayConfig.from_env(env).ranking()
+    assert ranking.pinned == {"model_popularity_weight"}
+    assert ranking.with_published({"model_popularity_weight": 2.0}).model_popularity_weight == 0.3
+    trainer = TrainerConfig.from_env(env)
+    assert trainer.ranking == ranking and trainer.tuner.window == 50 and trainer.tuner.enabled
+    assert not TrainerConfig.from_env({"RECSYS_TRAINER_TUNE_RANKING": "0"}).tuner.enabled

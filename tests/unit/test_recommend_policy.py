@@ -273,3 +273,27 @@ def test_no_related_items_are_asked_for_while_their_weight_is_zero() -> None:
     catalogue = Catalogue(histories={"u": UserHistory(rated("liked"), ["liked"], 1)})
     recommend(catalogue, RecommendQuery("u", 2))
     assert catalogue.input_asks[0].related_k == 0
+
+
+def test_a_version_is_served_with_the_settings_it_was_published_with_but_pins_hold() -> None:
+    catalogue = Catalogue(
+        histories={"u": UserHistory(rated("liked"), ["liked"], 1)},
+        model_hits=[Hit("a", 2.0), Hit("b", 1.5)],
+    )
+    published = {
+        "model_popularity_weight": 2.0,
+        "model_content_weight": 0.25,
+        "new_item_share": 0.5,
+        "recent_history": 1.0,  # not a tuned setting: a version cannot change it
+    }
+    model = replace(model_version(), ranking=published)
+    pinned = replace(SETTINGS, pinned=frozenset({"model_content_weight"}))
+    recommender = Recommender(pinned, catalogue)
+    asyncio.run(recommender.recommend(RecommendQuery("u", 4), model))
+    search = catalogue.searches[0]
+    assert search.boosts[0] == ("hot", 2.0)  # the version's popularity weight
+    assert search.profile_weight == 1.0  # pinned by configuration
+    assert search.reserved_slots == 2  # half of k
+    assert catalogue.input_asks[0].limit == 50
+    asyncio.run(recommender.recommend(RecommendQuery("u", 4), model_version()))
+    assert catalogue.searches[1].boosts[0] == ("hot", 0.5)  # a version without: the config

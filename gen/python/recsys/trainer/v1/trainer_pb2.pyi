@@ -32,8 +32,15 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("live_version", "trained_offset", "log_end_offset", "last_publish", "live_metrics", "last_gate_decision", "live_trained_offset", "state", "full_retrain_running", "events_learned", "previous_version", "last_full_retrain_reason", "ray_address", "learned_offset_sum")
+    __slots__ = ("live_version", "trained_offset", "log_end_offset", "last_publish", "live_metrics", "last_gate_decision", "live_trained_offset", "state", "full_retrain_running", "events_learned", "previous_version", "last_full_retrain_reason", "ray_address", "learned_offset_sum", "ranking_settings", "ranking_changes", "last_ranking_change")
     class LiveMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class RankingSettingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +61,9 @@ class GetStatusResponse(_message.Message):
     LAST_FULL_RETRAIN_REASON_FIELD_NUMBER: _ClassVar[int]
     RAY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     LEARNED_OFFSET_SUM_FIELD_NUMBER: _ClassVar[int]
+    RANKING_SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    RANKING_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    LAST_RANKING_CHANGE_FIELD_NUMBER: _ClassVar[int]
     live_version: str
     trained_offset: int
     log_end_offset: int
@@ -68,7 +78,10 @@ class GetStatusResponse(_message.Message):
     last_full_retrain_reason: str
     ray_address: str
     learned_offset_sum: int
-    def __init__(self, live_version: _Optional[str] = ..., trained_offset: _Optional[int] = ..., log_end_offset: _Optional[int] = ..., last_publish: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live_metrics: _Optional[_Mapping[str, float]] = ..., last_gate_decision: _Optional[str] = ..., live_trained_offset: _Optional[int] = ..., state: _Optional[str] = ..., full_retrain_running: _Optional[bool] = ..., events_learned: _Optional[int] = ..., previous_version: _Optional[str] = ..., last_full_retrain_reason: _Optional[str] = ..., ray_address: _Optional[str] = ..., learned_offset_sum: _Optional[int] = ...) -> None: ...
+    ranking_settings: _containers.ScalarMap[str, float]
+    ranking_changes: int
+    last_ranking_change: str
+    def __init__(self, live_version: _Optional[str] = ..., trained_offset: _Optional[int] = ..., log_end_offset: _Optional[int] = ..., last_publish: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live_metrics: _Optional[_Mapping[str, float]] = ..., last_gate_decision: _Optional[str] = ..., live_trained_offset: _Optional[int] = ..., state: _Optional[str] = ..., full_retrain_running: _Optional[bool] = ..., events_learned: _Optional[int] = ..., previous_version: _Optional[str] = ..., last_full_retrain_reason: _Optional[str] = ..., ray_address: _Optional[str] = ..., learned_offset_sum: _Optional[int] = ..., ranking_settings: _Optional[_Mapping[str, float]] = ..., ranking_changes: _Optional[int] = ..., last_ranking_change: _Optional[str] = ...) -> None: ...
 
 class TriggerRetrainRequest(_message.Message):
     __slots__ = ("full", "shuffle_labels")

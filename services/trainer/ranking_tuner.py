@@ -1,0 +1,323 @@
+"""The ranking's tuned settings (the gateway's TUNED_SETTINGS), chosen from the events.
+
+The gateway's policy adds terms to the model's scores (trending popularity, the content
+profile's similarity, co-occurrence), keeps places for items the model has not learned and
+weighs a user's past by a half-life. No one value of these fits every data set, so the
+trainer chooses them from its own log as it learns. Before it follows a batch of events,
+it ranks, for a sample of them, exactly as `Recommend` would have ranked for the event's
+user just before the event: the gateway's own `Recommender`, over features' and
+retrieval's domain code in this process (fed the same log), with the live model version,
+which has not learned these events. It ranks once with the settings chosen now and once
+with each neighbour (one setting one step along its ladder), and scores each list by the
+NDCG@10 of the event's item. Once a window of events is scored it moves to the neighbour
+that beat the choice by the most, if its paired advantage is positive with confidence: a
+coordinate search, one step per window, that goes on following the data as it changes.
+The trainer publishes each new version with the choice of the moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import random
+import shutil
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.features import Behaviour, CoOccurrence, SqliteEventLog, Trending
+from services.gateway import (
+    TUNED_SETTINGS,
+    RankingSettings,
+    Recommender,
+    RecommendQuery,
+    UserVectorCache,
+)
+from services.retrieval import IndexRegistry, IndexSettings, Record, VectorStore
+from services.trainer.in_process_sources import InProcessSources
+from services.trainer.model_training import TrainedModel, embed_items, serving_info
+from shared.events import Event, LoggedEvent
+from shared.items import CONTENT_INDEX
+from shared.model_store import ServingInfo, index_categories, model_name
+
+log = logging.getLogger(__name__)
+
+DAY_S = 86_400.0
+WEIGHTS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # terms on the scale of a cosine
+# The values each tuned setting may take, in order: a step is to the next one either way.
+LADDERS: dict[str, tuple[float, ...]] = {
+    "model_popularity_weight": WEIGHTS,
+    "model_content_weight": WEIGHTS,
+    "model_co_occurrence_weight": WEIGHTS,
+    "new_item_share": (0.0, 0.1, 0.2, 0.3),
+    "profile_half_life_s": (DAY_S, 3 * DAY_S, 7 * DAY_S, 30 * DAY_S, 90 * DAY_S, 365 * DAY_S),
+}
+assert set(LADDERS) == set(TUNED_SETTINGS), "every tuned setting needs a ladder"
+UPSERT_BATCH = 1_000
+
+
+@dataclass(frozen=True)
+class TunerConfig:
+    enabled: bool = True
+    # Events of each batch followed that are ranked, at most: each costs a Recommend per
+    # candidate (about 10 ms for all), against about 1 ms per event for the learning.
+    sample: int = 100
+    window: int = 300  # ranked events behind each decision
+    confidence_z: float = 1.0  # how sure (one-sided, in standard errors) a step must be
+    k: int = 10
+
+
+@dataclass(frozen=True)
+class Signals:
+    """How the features service keeps popularity and co-occurrence (FeaturesConfig): the
+    replay keeps them the same way, or the settings tuned would not be the ones served."""
+
+    trending_half_life_s: float
+    co_occurrence_window: int
+    co_occurrence_neighbours: int
+
+
+@dataclass(frozen=True)
+class Step:
+    setting: str
+    value: float
+
+
+def steps_from(settings: RankingSettings) -> list[Step]:
+    """The neighbours of `settings`: each setting not pinned, one step down and one up."""
+    steps = []
+    for name, ladder in LADDERS.items():
+        if name in settings.pinned:
+            continue
+        current = getattr(settings, name)
+        below = [v for v in ladder if v < current]
+        above = [v for v in ladder if v > current]
+        steps += [Step(name, v) for v in (below[-1:] + above[:1])]
+    return steps
+
+
+def tuned_values(settings: RankingSettings) -> dict[str, float]:
+    return {name: float(getattr(settings, name)) for name in TUNED_SETTINGS}
+
+
+class RankingTuner:
+    """Follows the log in order (`observe`), ranking a sample as it goes; `chosen` is the
+    choice of the moment. Not thread-safe: one caller at a time."""
+
+    def __init__(
+        self,
+        settings: RankingSettings,
+        config: TunerConfig,
+        signals: Signals,
+        directory: Path,
+        seed: int = 0,
+    ) -> None:
+        """`settings`: where the search starts (the configuration, with the live version's
+        published values over it); `directory`: the replay's scratch, emptied first (it is
+        rebuilt from the log on every start)."""
+        self.config = config
+        self.chosen = settings
+        self.changes = 0
+        self.last_change = ""
+        self.last_window: dict[str, float] = {}  # NDCG@k of the choice and its best step
+        self.offset = 0  # the last log offset followed
+        # How the settings chosen at each moment did on the events ranked (prequentially).
+        self.choice_events = 0
+        self.choice_hits = 0
+        self._rng = random.Random(seed)
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        self._catalogue: dict[str, tuple[str, ...]] = {}
+        self._log = SqliteEventLog(directory / "events.sqlite3")
+        self.behaviour = Behaviour(
+            self._log,
+            Trending(signals.trending_half_life_s),
+            self._catalogue,
+            co_occurrence=CoOccurrence(
+                signals.co_occurrence_window, signals.co_occurrence_neighbours
+            ),
+        )
+        self._vectors = VectorStore(directory / "vectors.sqlite3")
+        self._registry = IndexRegistry(self._vectors, directory / "snapshots", IndexSettings())
+        self._sources = InProcessSources(self.behaviour, self._registry, {}, None)
+        # One user-tower call per ranked event: every candidate gives the tower the same inputs.
+        self._user_vectors = UserVectorCache(1_000)
+        self._loop = asyncio.new_event_loop()
+        self._content: Mapping[str, np.ndarray] = {}
+        self._content_indexed: frozenset[str] = frozenset()
+        self._model: ServingInfo | None = None
+        self._model_source: TrainedModel | None = None
+        self._window: list[np.ndarray] = []
+        self._restart_search()
+
+    # What the trainer tells it -----------------------------------------------------------
+
+    def use_content(self, content: Mapping[str, np.ndarray]) -> None:
+        """The catalogue's content vectors (the text index the content profile searches)."""
+        self._content = content
+        for item_id in content:
+            self._catalogue.setdefault(item_id, ())
+
+    def adopt(self, published: Mapping[str, float]) -> None:
+        """Starts again from a version's published values (a rollback made it live)."""
+        self.chosen = self.chosen.with_published(published)
+        self._restart_search()
+
+    def observe(
+        self, events: Sequence[LoggedEvent], live: TrainedModel | None, live_version: int
+    ) -> None:
+        """Follows `events` (the log's next, in order), ranking a sample of those the live
+        model has not learned before following each."""
+        events = [e for e in events if e.offset > self.offset]  # a rollback relearns some
+        if not events:
+            return
+        if live is not None and live is not self._model_source:
+            self._serve(live, live_version)
+        scored: set[int] = set()
+        if self._model is not None:
+            learned = self._model.trained_through_offset
+            unseen = [n for n, e in enumerate(events) if e.offset > learned]
+            scored = set(self._rng.sample(unseen, min(self.config.sample, len(unseen))))
+        pending: list[Event] = []
+        for n, logged in enumerate(events):
+            if n in scored:
+                self._follow(pending)
+                pending = []
+                self._rank(logged.event)
+            pending.append(logged.event)
+        self._follow(pending)
+        self.offset = events[-1].offset
+        if len(self._window) >= self.config.window:
+            self._decide()
+
+    def forget(self, user_ids: Collection[str]) -> None:
+        for user_id in user_ids:
+            self.behaviour.forget(user_id)
+            self._user_vectors.forget(user_id)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "weights": tuned_values(self.chosen),
+            "changes": self.changes,
+            "last_change": self.last_change,
+            "ranked": self.choice_events,
+            "hit_rate": self.choice_hits / self.choice_events if self.choice_events else 0.0,
+            "ranked_in_window": len(self._window),
+            "last_window": dict(self.last_window),
+        }
+
+    def close(self) -> None:
+        self._loop.close()
+        self._log.close()
+        self._vectors.close()
+
+    # The search ---------------------------------------------------------------------------
+
+    def _restart_search(self) -> None:
+        self._steps = steps_from(self.chosen)
+        settings = [self.chosen] + [
+            self.chosen.with_published({s.setting: s.value}) for s in self._steps
+        ]
+        self._recommenders = [Recommender(s, self._sources, self._user_vectors) for s in settings]
+        self._window = []
+
+    def _rank(self, event: Event) -> None:
+        model = self._model
+        assert model is not None
+        limit = max(self.chosen.recent_history, model.history_len)
+        history = self.behaviour.history(event.user_id, limit, True)
+        # With no past every setting ranks alike; an item seen before is ranked by none.
+        if not history.recent or event.item_id in set(history.seen):
+            return
+        query = RecommendQuery(event.user_id, self.config.k)
+        gains = np.zeros(len(self._recommenders))
+        for n, recommender in enumerate(self._recommenders):
+            answer = self._loop.run_until_complete(recommender.recommend(query, model))
+            ranked = [item.item_id for item in answer.items]
+            if event.item_id in ranked:
+                gains[n] = 1.0 / math.log2(ranked.index(event.item_id) + 2)
+        self._window.append(gains)
+        self.choice_events += 1
+        self.choice_hits += int(gains[0] > 0)
+
+    def _decide(self) -> None:
+        """Each setting takes its better step where that step beat the choice with
+        confidence; the others stay. Then a new window, around the new choice."""
+        table = np.stack(self._window)
+        events = table.shape[0]
+        choice = table[:, 0]
+        best: dict[str, tuple[float, int]] = {}  # setting -> (bound, column)
+        for column, step in enumerate(self._steps, start=1):
+            paired = table[:, column] - choice
+            spread = float(paired.std(ddof=1)) / math.sqrt(events)
+            bound = float(paired.mean()) - self.config.confidence_z * spread
+            if bound > best.get(step.setting, (0.0, 0))[0]:
+                best[step.setting] = (bound, column)
+        key = f"ndcg@{self.config.k}"
+        self.last_window = {key: float(choice.mean()), "events": float(events)}
+        moves = []
+        for _, column in best.values():
+            step = self._steps[column - 1]
+            moves.append(
+                f"{step.setting} {getattr(self.chosen, step.setting):g} -> {step.value:g} "
+                f"({key} {table[:, column].mean():.4f} alone)"
+            )
+        if moves:
+            self.chosen = self.chosen.with_published(
+                {self._steps[c - 1].setting: self._steps[c - 1].value for _, c in best.values()}
+            )
+            self.changes += 1
+            self.last_change = (
+                f"{'; '.join(moves)}: from {key} {choice.mean():.4f} on {events} events"
+            )
+            log.info(
+                "ranking settings changed",
+                extra={"change": self.last_change, "settings": tuned_values(self.chosen)},
+            )
+        self._restart_search()
+
+    # The replay of what features and retrieval hold ---------------------------------------
+
+    def _follow(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        for event in events:
+            self._catalogue.setdefault(event.item_id, ())
+        # Its own offsets: where a forget left gaps in the real log, they can run behind it.
+        self.behaviour.append([events])
+
+    def _serve(self, trained: TrainedModel, version: int) -> None:
+        """The live version as retrieval holds it: the catalogue's vectors in its own index,
+        those it has not learned marked so; and the text index, when the content changed."""
+        content = self._content
+        if frozenset(content) != self._content_indexed:
+            self._upsert(CONTENT_INDEX, [Record(i, v.tolist(), ()) for i, v in content.items()])
+            self._content_indexed = frozenset(content)
+        previous = self._model
+        items = sorted(self._catalogue)
+        vectors = embed_items(trained, items, content)
+        rows = trained.items.rows(items)
+        name = model_name(version)
+        self._upsert(
+            name,
+            [
+                Record(i, vectors[n].tolist(), index_categories((), int(rows[n])))
+                for n, i in enumerate(items)
+            ],
+        )
+        self._sources.user_tower = trained.model.user_tower
+        # Ranked with the candidates' own settings, not those it was published with.
+        self._model = dataclasses.replace(serving_info(trained, version), ranking={})
+        self._model_source = trained
+        if previous is not None and previous.name != name:
+            self._loop.run_until_complete(self._registry.drop(previous.name))
+
+    def _upsert(self, index: str, records: list[Record]) -> None:
+        for start in range(0, len(records), UPSERT_BATCH):
+            self._loop.run_until_complete(
+                self._registry.upsert(index, records[start : start + UPSERT_BATCH])
+            )
