@@ -7,8 +7,8 @@
 `--min-user-events` keeps only the users with at least that many interactions (long
 histories, where item-kNN is strong); `--latest-years` keeps only the interactions of the
 last years of the file (a different era, with fewer, newer items). The directory gets
-`ratings.csv` and the catalogue's `movies.csv` beside it, so that the items keep their
-titles and genres.
+`ratings.csv` and the catalogue's `movies.csv` and `tags.csv` beside it, so that the items
+keep their titles, genres and tags.
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ def derive(
     return sorted(kept, key=lambda e: e.timestamp)
 
 
-def write(events: Sequence[DatasetEvent], out_dir: Path, catalogue: Path) -> Path:
+CATALOGUE_FILES = ("movies.csv", "tags.csv")  # what `load_movies` reads beside the ratings
+
+
+def write(events: Sequence[DatasetEvent], out_dir: Path, source_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "ratings.csv"
     with path.open("w", newline="", encoding="utf-8") as f:
@@ -48,8 +51,9 @@ def write(events: Sequence[DatasetEvent], out_dir: Path, catalogue: Path) -> Pat
         writer.writerow(["userId", "movieId", "rating", "timestamp"])
         for e in events:
             writer.writerow([e.user_id, e.item_id, f"{e.rating:g}", f"{e.timestamp:.0f}"])
-    if catalogue.exists():
-        shutil.copyfile(catalogue, out_dir / "movies.csv")
+    for name in CATALOGUE_FILES:
+        if (source_dir / name).exists():
+            shutil.copyfile(source_dir / name, out_dir / name)
     return path
 
 
@@ -65,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = args.ratings or dataset_dir() / "ratings.csv"
     events = load_interactions(source)
     kept = derive(events, args.min_user_events, args.latest_years)
-    path = write(kept, args.out, source.parent / "movies.csv")
+    path = write(kept, args.out, source.parent)
     users, items = len({e.user_id for e in kept}), len({e.item_id for e in kept})
     print(
         f"wrote {path}: {len(kept):,} of {len(events):,} events, {users:,} users, {items:,} items"
