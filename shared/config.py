@@ -87,6 +87,21 @@ class Env:
             raise ConfigError(f"{self.prefix}{name}={parsed} is above {maximum}")
         return parsed
 
+    def numbers(
+        self, name: str, default: tuple[float, ...], minimum: float = 0.0
+    ) -> tuple[float, ...]:
+        """A comma-separated list of numbers, each at least `minimum`."""
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            parsed = tuple(float(part) for part in value.split(",") if part.strip())
+        except ValueError:
+            raise ConfigError(f"{self.prefix}{name}={value!r} is not a list of numbers") from None
+        if not all(number >= minimum for number in parsed):
+            raise ConfigError(f"{self.prefix}{name}={value!r} has a number below {minimum}")
+        return parsed
+
     def path(self, name: str, default: Path) -> Path:
         return Path(self.string(name, str(default))).expanduser()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from services.features import Behaviour, CatalogStore, FeaturesConfig, SqliteEventLog, Trending
+from services.features import Behaviour, CatalogStore, FeaturesConfig, SqliteEventLog
 from services.gateway import (
     GatewayConfig,
     Recommendation,
@@ -63,7 +63,7 @@ class InProcessRecommend:
         """`env`: the suite's environment, whose settings (RECSYS_GATEWAY_*, the
         trending half-life) the copy ranks by."""
         config = GatewayConfig.from_env(env)
-        half_life_s = FeaturesConfig.from_env(env).trending_half_life_s
+        features = FeaturesConfig.from_env(env)
         self._tmp = tempfile.TemporaryDirectory(prefix="recsys-in-process-")
         tmp = Path(self._tmp.name)
         catalogue = CatalogStore(_copy_database(state.catalogue, tmp / "catalog.sqlite3"))
@@ -72,7 +72,7 @@ class InProcessRecommend:
         titles = {item_id: s.item.title or item_id for item_id, s in stored.items()}
         catalogue.close()
         self.log = SqliteEventLog(_copy_database(state.events, tmp / "events.sqlite3"))
-        self.behaviour = Behaviour(self.log, Trending(half_life_s), categories)
+        self.behaviour = Behaviour(self.log, features.trending(), categories)
         self.behaviour.restore()
         self.vectors = VectorStore(_copy_database(state.vectors, tmp / "vectors.sqlite3"))
         self.registry = IndexRegistry(self.vectors, tmp / "snapshots", IndexSettings())

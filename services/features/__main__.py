@@ -13,7 +13,6 @@ from services.features.config import FeaturesConfig
 from services.features.encoder import TextEncoder
 from services.features.event_log import SqliteEventLog
 from services.features.servicer import FeaturesServicer
-from services.features.trending import Trending
 from shared.server import GrpcService, ServiceBinding, run_main
 
 SERVICE_NAME = "recsys.features.v1.FeaturesService"
@@ -26,7 +25,7 @@ def build(config: FeaturesConfig) -> GrpcService:
     catalog = Catalog(store, encoder)
     behaviour = Behaviour(
         log,
-        Trending(config.trending_half_life_s),
+        config.trending(),
         catalog.categories,
         lambda: catalog.revision,
         config.history_cache_ids,

@@ -5,6 +5,7 @@ log), the popularity and the co-occurrences before it is acknowledged."""
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import threading
 import weakref
@@ -171,17 +172,26 @@ class Behaviour:
         self.histories.put(user_id, (limit, include_seen), history, mark)
         return history
 
+    def trending_half_life(self, asked_s: float) -> float:
+        """The half-life kept that a trending list asked for `asked_s` is ranked by (the
+        nearest; 0: the default)."""
+        if asked_s < 0 or not math.isfinite(asked_s):
+            raise InvalidArgument("half_life_s", "must be positive, or 0 for the default")
+        return self.trending.kept(asked_s)
+
     def trending_items(
-        self, k: int, item_filter: ItemFilter, exclude: Sequence[str]
+        self, k: int, item_filter: ItemFilter, exclude: Sequence[str], half_life_s: float = 0.0
     ) -> list[tuple[str, float]]:
-        """The k most popular catalogue items now that pass the filter; while fewer have
-        any popularity, catalogue items nobody interacted with fill the list (score 0), so
+        """The k most popular catalogue items now that pass the filter, popularity halving
+        every `half_life_s` (the kept one nearest; 0: the default); while fewer have any
+        popularity, catalogue items nobody interacted with fill the list (score 0), so
         that a new user gets k items whenever the catalogue holds them."""
         validate_k(k)
+        kept = self.trending_half_life(half_life_s)
         skip = set(exclude) | item_filter.exclude_item_ids
         limit = 4 * k + len(skip)
         while True:
-            ranked = self.trending.top(limit)
+            ranked = self.trending.top(limit, kept)
             found = self._keep_catalogue_items(ranked, item_filter, skip, k)
             if len(found) >= k:
                 return found

@@ -196,14 +196,19 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
         # In memory and usually cached: cheaper on the event loop than a hop to a thread.
         validate_k(request.k)
         item_filter = filter_from_proto(request.filter)
+        half_life_s = self.behaviour.trending_half_life(request.half_life_s)
         version = self.behaviour.trending_version()
         if request.known_version == version:
-            return features_pb2.GetTrendingResponse(version=version, unchanged=True)
+            return features_pb2.GetTrendingResponse(
+                version=version, unchanged=True, half_life_s=half_life_s
+            )
         found = self.behaviour.trending_items(
-            request.k, item_filter, list(request.exclude_item_ids)
+            request.k, item_filter, list(request.exclude_item_ids), half_life_s
         )
         return features_pb2.GetTrendingResponse(
-            items=[gateway_pb2.ScoredItem(item_id=i, score=s) for i, s in found], version=version
+            items=[gateway_pb2.ScoredItem(item_id=i, score=s) for i, s in found],
+            version=version,
+            half_life_s=half_life_s,
         )
 
     async def ForgetUser(

@@ -21,6 +21,7 @@ from services.gateway.recommend import (
     RankingInputs,
     Related,
     Scored,
+    TrendingQuery,
     UserHistory,
     UserVectorUnavailable,
 )
@@ -133,23 +134,20 @@ def _ids(history: UserHistory) -> int:
 
 
 class TrendingCache:
-    """The trending lists features sent, by (k, filter), with the version it named them
+    """The trending lists features sent, by (k, filter, half-life), with the version it named them
     by: a request names the version it holds, and features sends the list again only when
     it changed (with every event), so that a read-heavy load does not rebuild, send and
     parse the same list on every call."""
 
     def __init__(self, capacity: int = 256) -> None:
         self.capacity = capacity
-        self._lists: OrderedDict[tuple[int, ItemFilter], tuple[str, list[Scored]]] = OrderedDict()
+        self._lists: OrderedDict[TrendingQuery, tuple[str, list[Scored]]] = OrderedDict()
 
-    def known_version(self, k: int, item_filter: ItemFilter) -> str:
-        held = self._lists.get((k, item_filter))
+    def known_version(self, key: TrendingQuery) -> str:
+        held = self._lists.get(key)
         return held[0] if held else ""
 
-    def answer(
-        self, k: int, item_filter: ItemFilter, reply: features_pb2.GetTrendingResponse
-    ) -> list[Scored]:
-        key = (k, item_filter)
+    def answer(self, key: TrendingQuery, reply: features_pb2.GetTrendingResponse) -> list[Scored]:
         held = self._lists.get(key)
         if reply.unchanged and held is not None and held[0] == reply.version:
             self._lists.move_to_end(key)
@@ -201,28 +199,21 @@ class GrpcSources:
         )
         return self.histories.answer(key, held, reply)
 
-    async def trending(
-        self, k: int, item_filter: ItemFilter, exclude_item_ids: Sequence[str] = ()
-    ) -> list[Scored]:
-        if exclude_item_ids:  # a list of its own: not worth keeping
-            reply = await self.features.GetTrending(
-                features_pb2.GetTrendingRequest(
-                    k=k, filter=self._filter(item_filter), exclude_item_ids=exclude_item_ids
-                ),
-                timeout=self._timeout(),
-            )
-            return [Scored(item.item_id, item.score) for item in reply.items]
+    async def trending(self, query: TrendingQuery) -> list[Scored]:
         reply = await self.features.GetTrending(
-            self._trending_request(k, item_filter), timeout=self._timeout()
+            self._trending_request(query), timeout=self._timeout()
         )
-        return self.trending_cache.answer(k, item_filter, reply)
+        if query.exclude_item_ids:  # a list of its own: not kept
+            return [Scored(item.item_id, item.score) for item in reply.items]
+        return self.trending_cache.answer(query, reply)
 
     async def ranking_inputs(self, query: InputsQuery) -> RankingInputs:
         key = (query.user_id, query.limit, query.with_seen_ids)
         held = self.histories.get(key)
         request = features_pb2.GetRankingInputsRequest(history=_history_request(key, held))
+        trending = query.trending()
         if query.trending_k:
-            request.trending.CopyFrom(self._trending_request(query.trending_k, query.item_filter))
+            request.trending.CopyFrom(self._trending_request(trending))
         if query.related_k:
             request.related.CopyFrom(
                 features_pb2.GetRelatedRequest(
@@ -232,22 +223,21 @@ class GrpcSources:
                 )
             )
         reply = await self.features.GetRankingInputs(request, timeout=self._timeout())
-        trending = (
-            self.trending_cache.answer(query.trending_k, query.item_filter, reply.trending)
-            if query.trending_k
-            else []
-        )
         return RankingInputs(
             self.histories.answer(key, held, reply.history),
-            trending,
+            self.trending_cache.answer(trending, reply.trending) if query.trending_k else [],
             [Related(r.item_id, r.score, r.because_item_id) for r in reply.related],
         )
 
-    def _trending_request(self, k: int, item_filter: ItemFilter) -> features_pb2.GetTrendingRequest:
+    def _trending_request(self, query: TrendingQuery) -> features_pb2.GetTrendingRequest:
         return features_pb2.GetTrendingRequest(
-            k=k,
-            filter=self._filter(item_filter),
-            known_version=self.trending_cache.known_version(k, item_filter),
+            k=query.k,
+            filter=self._filter(query.item_filter),
+            exclude_item_ids=query.exclude_item_ids,
+            known_version=""
+            if query.exclude_item_ids
+            else self.trending_cache.known_version(query),
+            half_life_s=query.half_life_s,
         )
 
     async def user_vector(

@@ -77,6 +77,9 @@ class RankingSettings:
     co_occurrence_weight: float = 0.0  # co-occurrence added to the profile's, at most this
     model_co_occurrence_weight: float = 0.0  # the same, added to the model's scores
     co_occurrence_candidates: int = 100  # related items asked for
+    # How fast popularity fades, in event time: features ranks by the half-life it keeps
+    # nearest to this (FeaturesConfig.trending_half_lives_s); 0: features' default.
+    trending_half_life_s: float = 0.0
     # TUNED_SETTINGS fixed by configuration: a version's published values do not change them.
     pinned: frozenset[str] = frozenset()
 
@@ -100,6 +103,7 @@ TUNED_SETTINGS = (
     "model_co_occurrence_weight",
     "new_item_share",
     "profile_half_life_s",
+    "trending_half_life_s",
 )
 
 
@@ -134,6 +138,15 @@ class RankingInputs:
 
 
 @dataclass(frozen=True)
+class TrendingQuery:
+    k: int
+    item_filter: ItemFilter
+    # How fast popularity fades, in event time: the nearest that features keeps; 0: its default.
+    half_life_s: float = 0.0
+    exclude_item_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class InputsQuery:
     user_id: str
     limit: int  # recent interactions
@@ -142,6 +155,10 @@ class InputsQuery:
     trending_k: int  # 0: no trending list
     related_k: int  # 0: no related items
     profile_half_life_s: float  # how the related items weigh the history
+    trending_half_life_s: float = 0.0  # the trending list's (0: features' default)
+
+    def trending(self) -> TrendingQuery:
+        return TrendingQuery(self.trending_k, self.item_filter, self.trending_half_life_s)
 
 
 @dataclass(frozen=True)
@@ -182,9 +199,7 @@ class ProfileSearch:
 
 
 class RankingSources(Protocol):
-    async def trending(
-        self, k: int, item_filter: ItemFilter, exclude_item_ids: Sequence[str] = ()
-    ) -> list[Scored]: ...
+    async def trending(self, query: TrendingQuery) -> list[Scored]: ...
 
     async def ranking_inputs(self, query: InputsQuery) -> RankingInputs:
         """The history, and the trending list and related items where asked for, as one
@@ -391,8 +406,8 @@ class Recommender:
         fallback = not picks
         if len(picks) < query.k:
             if not blend:
-                trending = await self._trending_candidates(query)
-            picks += await self._trending_fill(query, history, trending, picks)
+                trending = await self._trending_candidates(query, settings)
+            picks += await self._trending_fill(query, settings, history, trending, picks)
         return await self._answer(
             query, picks, history, CONTENT_MODEL if fallback else model.name, fallback
         )
@@ -450,7 +465,7 @@ class Recommender:
             ]
         fallback = not picks
         if len(picks) < query.k:
-            picks += await self._trending_fill(query, history, trending, picks)
+            picks += await self._trending_fill(query, settings, history, trending, picks)
         return await self._answer(query, picks, history, CONTENT_MODEL, fallback)
 
     async def _inputs(
@@ -470,15 +485,23 @@ class Recommender:
                 trending_k=settings.trending_candidates if trending else 0,
                 related_k=settings.co_occurrence_candidates if co_occurrence_weight > 0 else 0,
                 profile_half_life_s=settings.profile_half_life_s,
+                trending_half_life_s=settings.trending_half_life_s,
             )
         )
 
-    async def _trending_candidates(self, query: RecommendQuery) -> list[Scored]:
-        return await self.sources.trending(self.settings.trending_candidates, query.item_filter)
+    async def _trending_candidates(
+        self, query: RecommendQuery, settings: RankingSettings
+    ) -> list[Scored]:
+        return await self.sources.trending(
+            TrendingQuery(
+                settings.trending_candidates, query.item_filter, settings.trending_half_life_s
+            )
+        )
 
     async def _trending_fill(
         self,
         query: RecommendQuery,
+        settings: RankingSettings,
         history: UserHistory,
         trending: Sequence[Scored],
         picks: Sequence[_Pick],
@@ -488,9 +511,13 @@ class Recommender:
         taken = set(history.seen_item_ids) | {p.item_id for p in picks}
         wanted = query.k - len(picks)
         fresh = [_Pick(t.item_id, t.score) for t in trending if t.item_id not in taken][:wanted]
-        if len(fresh) == wanted or len(trending) < self.settings.trending_candidates:
+        if len(fresh) == wanted or len(trending) < settings.trending_candidates:
             return fresh
-        more = await self.sources.trending(wanted, query.item_filter, sorted(taken))
+        more = await self.sources.trending(
+            TrendingQuery(
+                wanted, query.item_filter, settings.trending_half_life_s, tuple(sorted(taken))
+            )
+        )
         return [_Pick(t.item_id, t.score) for t in more]
 
     async def _answer(

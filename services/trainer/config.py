@@ -89,11 +89,13 @@ class TrainerConfig:
                 trending_half_life_s=features.trending_half_life_s,
                 co_occurrence_window=features.co_occurrence_window,
                 co_occurrence_neighbours=features.co_occurrence_neighbours,
+                trending_half_lives_s=features.trending_half_lives_s,
             ),
             tuner=TunerConfig(
                 enabled=env.integer("TUNE_RANKING", 1, minimum=0, maximum=1) == 1,
                 sample=env.integer("TUNE_SAMPLE", tuner.sample, minimum=1),
                 window=env.integer("TUNE_WINDOW", tuner.window, minimum=2),
                 confidence_z=env.number("TUNE_CONFIDENCE_Z", tuner.confidence_z),
+                horizon=env.integer("TUNE_HORIZON", tuner.horizon, minimum=1),
             ),
         )

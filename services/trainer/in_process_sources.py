@@ -21,10 +21,10 @@ from services.gateway import (
     RankingInputs,
     Related,
     Scored,
+    TrendingQuery,
     UserHistory,
 )
 from services.retrieval import IndexRegistry, ProfileTerm, ReservedSlots
-from shared.items import ItemFilter
 from shared.model_store import ServingInfo
 
 
@@ -58,14 +58,14 @@ class InProcessSources:
         )
         return RankingInputs(
             UserHistory(found.recent, found.seen, found.first_offset),
-            await self.trending(query.trending_k, query.item_filter) if query.trending_k else [],
+            await self.trending(query.trending()) if query.trending_k else [],
             [Related(r.item_id, r.score, r.because) for r in related],
         )
 
-    async def trending(
-        self, k: int, item_filter: ItemFilter, exclude_item_ids: Sequence[str] = ()
-    ) -> list[Scored]:
-        found = self.behaviour.trending_items(k, item_filter, exclude_item_ids)
+    async def trending(self, query: TrendingQuery) -> list[Scored]:
+        found = self.behaviour.trending_items(
+            query.k, query.item_filter, query.exclude_item_ids, query.half_life_s
+        )
         return [Scored(item_id, score) for item_id, score in found]
 
     async def user_vector(

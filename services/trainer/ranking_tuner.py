@@ -9,10 +9,15 @@ user just before the event: the gateway's own `Recommender`, over features' and
 retrieval's domain code in this process (fed the same log), with the live model version,
 which has not learned these events. It ranks once with the settings chosen now and once
 with each neighbour (one setting one step along its ladder), and scores each list by the
-NDCG@10 of the event's item. Once a window of events is scored it moves to the neighbour
-that beat the choice by the most, if its paired advantage is positive with confidence: a
-coordinate search, one step per window, that goes on following the data as it changes.
-The trainer publishes each new version with the choice of the moment.
+NDCG@10 of what the user went on to take: the event's item and the user's next ones in the
+batch, up to `horizon` (what a user does next is rarely one item, and what fits a session
+of them is what a block-by-block evaluation rewards too). A user's first event has no past:
+every setting ranks it alike but the popularity's half-life, so it is ranked for that one
+alone, every time (new users are few among the events, and popularity is all they get).
+Once a window of events is scored it moves each setting to its neighbour that beat the
+choice by the most, if its paired advantage is positive with confidence: a coordinate
+search, one step per window, that goes on following the data as it changes. The trainer
+publishes each new version with the choice of the moment.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import logging
 import math
 import random
 import shutil
+from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +55,7 @@ log = logging.getLogger(__name__)
 DAY_S = 86_400.0
 WEIGHTS = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)  # terms on the scale of a cosine
 # The values each tuned setting may take, in order: a step is to the next one either way.
+# The popularity's half-life takes those features keeps (Signals.trending_half_lives_s).
 LADDERS: dict[str, tuple[float, ...]] = {
     "model_popularity_weight": WEIGHTS,
     "model_content_weight": WEIGHTS,
@@ -56,7 +63,8 @@ LADDERS: dict[str, tuple[float, ...]] = {
     "new_item_share": (0.0, 0.1, 0.2, 0.3),
     "profile_half_life_s": (DAY_S, 3 * DAY_S, 7 * DAY_S, 30 * DAY_S, 90 * DAY_S, 365 * DAY_S),
 }
-assert set(LADDERS) == set(TUNED_SETTINGS), "every tuned setting needs a ladder"
+TRENDING = "trending_half_life_s"
+assert set(LADDERS) | {TRENDING} == set(TUNED_SETTINGS), "every tuned setting needs a ladder"
 UPSERT_BATCH = 1_000
 
 
@@ -69,6 +77,7 @@ class TunerConfig:
     window: int = 300  # ranked events behind each decision
     confidence_z: float = 1.0  # how sure (one-sided, in standard errors) a step must be
     k: int = 10
+    horizon: int = 10  # the event's item and the user's next ones in its batch, at most
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,13 @@ class Signals:
     trending_half_life_s: float
     co_occurrence_window: int
     co_occurrence_neighbours: int
+    trending_half_lives_s: tuple[float, ...] = ()
+
+    def trending(self) -> Trending:
+        return Trending(self.trending_half_life_s, self.trending_half_lives_s)
+
+    def ladders(self) -> dict[str, tuple[float, ...]]:
+        return {**LADDERS, TRENDING: self.trending().half_lives_s}
 
 
 @dataclass(frozen=True)
@@ -87,10 +103,10 @@ class Step:
     value: float
 
 
-def steps_from(settings: RankingSettings) -> list[Step]:
+def steps_from(settings: RankingSettings, ladders: Mapping[str, Sequence[float]]) -> list[Step]:
     """The neighbours of `settings`: each setting not pinned, one step down and one up."""
     steps = []
-    for name, ladder in LADDERS.items():
+    for name, ladder in ladders.items():
         if name in settings.pinned:
             continue
         current = getattr(settings, name)
@@ -120,6 +136,11 @@ class RankingTuner:
         published values over it); `directory`: the replay's scratch, emptied first (it is
         rebuilt from the log on every start)."""
         self.config = config
+        self._ladders = signals.ladders()
+        if not settings.trending_half_life_s:  # features' default, named
+            settings = dataclasses.replace(
+                settings, trending_half_life_s=signals.trending_half_life_s
+            )
         self.chosen = settings
         self.changes = 0
         self.last_change = ""
@@ -135,7 +156,7 @@ class RankingTuner:
         self._log = SqliteEventLog(directory / "events.sqlite3")
         self.behaviour = Behaviour(
             self._log,
-            Trending(signals.trending_half_life_s),
+            signals.trending(),
             self._catalogue,
             co_occurrence=CoOccurrence(
                 signals.co_occurrence_window, signals.co_occurrence_neighbours
@@ -182,12 +203,14 @@ class RankingTuner:
             learned = self._model.trained_through_offset
             unseen = [n for n, e in enumerate(events) if e.offset > learned]
             scored = set(self._rng.sample(unseen, min(self.config.sample, len(unseen))))
+            scored |= self._firsts(events, unseen)
+        upcoming = _upcoming(events, scored, self.config.horizon)
         pending: list[Event] = []
         for n, logged in enumerate(events):
             if n in scored:
                 self._follow(pending)
                 pending = []
-                self._rank(logged.event)
+                self._rank(logged.event, upcoming[n])
             pending.append(logged.event)
         self._follow(pending)
         self.offset = events[-1].offset
@@ -218,31 +241,47 @@ class RankingTuner:
     # The search ---------------------------------------------------------------------------
 
     def _restart_search(self) -> None:
-        self._steps = steps_from(self.chosen)
+        self._steps = steps_from(self.chosen, self._ladders)
         settings = [self.chosen] + [
             self.chosen.with_published({s.setting: s.value}) for s in self._steps
         ]
         self._recommenders = [Recommender(s, self._sources, self._user_vectors) for s in settings]
+        # What ranks a user with no past: the choice, and the popularity's steps.
+        self._for_newcomers = [0] + [
+            n for n, step in enumerate(self._steps, start=1) if step.setting == TRENDING
+        ]
         self._window = []
 
-    def _rank(self, event: Event) -> None:
+    def _firsts(self, events: Sequence[LoggedEvent], unseen: Collection[int]) -> set[int]:
+        """Of `unseen`, the events of users with none before them."""
+        first: dict[str, int] = {}
+        for n, logged in enumerate(events):
+            first.setdefault(logged.event.user_id, n)
+        wanted = set(unseen)
+        return {n for user, n in first.items() if n in wanted and not self._log.first_offset(user)}
+
+    def _rank(self, event: Event, upcoming: Sequence[str]) -> None:
         model = self._model
         assert model is not None
         limit = max(self.chosen.recent_history, model.history_len)
         history = self.behaviour.history(event.user_id, limit, True)
-        # With no past every setting ranks alike; an item seen before is ranked by none.
-        if not history.recent or event.item_id in set(history.seen):
+        seen = set(history.seen)
+        # An item seen before is ranked by none.
+        if event.item_id in seen:
             return
+        truth = {event.item_id} | {i for i in upcoming if i not in seen}
+        columns = range(len(self._recommenders)) if history.recent else self._for_newcomers
         query = RecommendQuery(event.user_id, self.config.k)
-        gains = np.zeros(len(self._recommenders))
-        for n, recommender in enumerate(self._recommenders):
+        gains = np.full(len(self._recommenders), np.nan)
+        for n in columns:
+            recommender = self._recommenders[n]
             answer = self._loop.run_until_complete(recommender.recommend(query, model))
             ranked = [item.item_id for item in answer.items]
-            if event.item_id in ranked:
-                gains[n] = 1.0 / math.log2(ranked.index(event.item_id) + 2)
+            gains[n] = _ndcg(ranked, truth, self.config.k)
+            if n == 0:
+                self.choice_events += 1
+                self.choice_hits += int(event.item_id in ranked)
         self._window.append(gains)
-        self.choice_events += 1
-        self.choice_hits += int(gains[0] > 0)
 
     def _decide(self) -> None:
         """Each setting takes its better step where that step beat the choice with
@@ -253,7 +292,10 @@ class RankingTuner:
         best: dict[str, tuple[float, int]] = {}  # setting -> (bound, column)
         for column, step in enumerate(self._steps, start=1):
             paired = table[:, column] - choice
-            spread = float(paired.std(ddof=1)) / math.sqrt(events)
+            paired = paired[~np.isnan(paired)]  # not ranked: events it cannot change
+            if paired.size < 2:
+                continue
+            spread = float(paired.std(ddof=1)) / math.sqrt(paired.size)
             bound = float(paired.mean()) - self.config.confidence_z * spread
             if bound > best.get(step.setting, (0.0, 0))[0]:
                 best[step.setting] = (bound, column)
@@ -264,7 +306,7 @@ class RankingTuner:
             step = self._steps[column - 1]
             moves.append(
                 f"{step.setting} {getattr(self.chosen, step.setting):g} -> {step.value:g} "
-                f"({key} {table[:, column].mean():.4f} alone)"
+                f"({key} {np.nanmean(table[:, column]):.4f} alone)"
             )
         if moves:
             self.chosen = self.chosen.with_published(
@@ -321,3 +363,25 @@ class RankingTuner:
             self._loop.run_until_complete(
                 self._registry.upsert(index, records[start : start + UPSERT_BATCH])
             )
+
+
+def _upcoming(
+    events: Sequence[LoggedEvent], at: Collection[int], horizon: int
+) -> dict[int, list[str]]:
+    """For each index in `at`, the items its user takes next in `events`, up to
+    `horizon` - 1 of them."""
+    places: dict[str, list[int]] = defaultdict(list)
+    for n, logged in enumerate(events):
+        places[logged.event.user_id].append(n)
+    found: dict[int, list[str]] = {}
+    for n in at:
+        mine = places[events[n].event.user_id]
+        after = mine[mine.index(n) + 1 :][: max(horizon - 1, 0)]
+        found[n] = [events[m].event.item_id for m in after]
+    return found
+
+
+def _ndcg(ranked: Sequence[str], truth: Collection[str], k: int) -> float:
+    gain = sum(1.0 / math.log2(n + 2) for n, item in enumerate(ranked[:k]) if item in truth)
+    ideal = sum(1.0 / math.log2(n + 2) for n in range(min(len(truth), k)))
+    return gain / ideal if ideal else 0.0

@@ -145,6 +145,45 @@ def test_ranking_inputs_send_the_trending_list_again_only_once_it_changed(
     assert list(after.history.seen_item_ids) == ["3"]
 
 
+def test_trending_ranks_by_the_half_life_asked_for(features: ServiceProcess) -> None:
+    stub = stub_of(features)
+    westerns = gateway_pb2.Filter(include_categories=["Western"])
+    upsert(
+        features,
+        [
+            gateway_pb2.Item(item_id=i, title=title, categories=["Western"])
+            for i, title in (("10", "Rio Bravo (1959)"), ("11", "True Grit (2010)"))
+        ],
+    )
+    day, now = 86_400.0, time.time()
+
+    def viewed(n: int, item: str, days_ago: float) -> gateway_pb2.Event:
+        at = Timestamp()
+        at.FromNanoseconds(int((now - days_ago * day) * 1e9))
+        return gateway_pb2.Event(
+            event_id=f"western-{n}",
+            user_id=f"rider-{n}",
+            item_id=item,
+            type=gateway_pb2.EVENT_TYPE_VIEW,
+            timestamp=at,
+        )
+
+    events = [viewed(n, "10", 300) for n in range(5)] + [viewed(9, "11", 0), viewed(8, "11", 0)]
+    stub.AppendEvents(features_pb2.AppendEventsRequest(events=events), timeout=10)
+
+    def trending(half_life_s: float) -> features_pb2.GetTrendingResponse:
+        request = features_pb2.GetTrendingRequest(k=2, filter=westerns, half_life_s=half_life_s)
+        return stub.GetTrending(request, timeout=10)
+
+    default, days, years = trending(0.0), trending(2 * day), trending(400 * day)
+    assert [i.item_id for i in default.items] == ["11", "10"] and default.half_life_s == 7 * day
+    assert [i.item_id for i in days.items] == ["11", "10"] and days.half_life_s == day
+    assert [i.item_id for i in years.items] == ["10", "11"] and years.half_life_s == 365 * day
+    with pytest.raises(grpc.RpcError) as refused:
+        trending(-1.0)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_a_history_is_sent_again_only_once_it_changed_and_never_to_another_process(
     features: ServiceProcess, tmp_path: Path
 ) -> None:

@@ -121,6 +121,20 @@ def test_trending_keeps_ranking_items_whose_events_are_years_apart() -> None:
     assert [i for i, _ in trending.top(10)] == ["new", "old", "older"]
 
 
+def test_trending_ranks_by_each_half_life_it_keeps() -> None:
+    trending = Trending(half_life_s=DAY, half_lives_s=(365 * DAY, 30 * DAY))
+    assert trending.half_lives_s == (DAY, 30 * DAY, 365 * DAY)
+    classic = [event(n, item="classic", ts=0.0) for n in range(6)]
+    hit = [event(10 + n, item="hit", ts=10 * DAY) for n in range(2)]
+    trending.add(classic + hit)
+    assert [i for i, _ in trending.top(10)] == ["hit", "classic"]  # the default: a day
+    assert [i for i, _ in trending.top(10, 365 * DAY)] == ["classic", "hit"]
+    assert trending.kept(200 * DAY) == 365 * DAY  # the nearest on a log scale
+    assert trending.kept(2 * DAY) == DAY and trending.kept(0.0) == DAY
+    trending.remove(classic[:5])
+    assert [i for i, _ in trending.top(10, 365 * DAY)] == ["hit", "classic"]
+
+
 def test_new_user_gets_k_items_when_the_newest_events_were_forgotten(tmp_path: Path) -> None:
     catalogue = {f"m{n}": ("film",) for n in range(20)}
     behaviour = Behaviour(SqliteEventLog(tmp_path / "events.sqlite3"), Trending(DAY), catalogue)

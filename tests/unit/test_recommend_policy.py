@@ -24,6 +24,7 @@ from services.gateway.recommend import (
     RecommendQuery,
     Related,
     Scored,
+    TrendingQuery,
     UserHistory,
     UserVectorCache,
     UserVectorUnavailable,
@@ -56,7 +57,7 @@ class Catalogue:
     tower_down: bool = False
     searches: list[ModelSearch] = field(default_factory=list)
     profile_searches: list[ProfileSearch] = field(default_factory=list)
-    trending_asks: list[tuple[int, ItemFilter, tuple[str, ...]]] = field(default_factory=list)
+    trending_asks: list[TrendingQuery] = field(default_factory=list)
     history_asks: list[tuple[str, int, bool]] = field(default_factory=list)
     related: dict[str, list[Related]] = field(default_factory=dict)
     input_asks: list[InputsQuery] = field(default_factory=list)
@@ -67,16 +68,15 @@ class Catalogue:
         found = self.histories.get(user_id, UserHistory([], [], 0))
         return UserHistory(found.recent[:limit], found.seen_item_ids if with_seen_ids else [], 1)
 
-    async def trending(
-        self, k: int, item_filter: ItemFilter, exclude_item_ids: Sequence[str] = ()
-    ) -> list[Scored]:
-        self.trending_asks.append((k, item_filter, tuple(exclude_item_ids)))
-        return [t for t in self.trending_items if t.item_id not in exclude_item_ids][:k]
+    async def trending(self, query: TrendingQuery) -> list[Scored]:
+        self.trending_asks.append(query)
+        excluded = query.exclude_item_ids
+        return [t for t in self.trending_items if t.item_id not in excluded][: query.k]
 
     async def ranking_inputs(self, query: InputsQuery) -> RankingInputs:
         self.input_asks.append(query)
         history = await self.history(query.user_id, query.limit, query.with_seen_ids)
-        trending = await self.trending(query.trending_k, query.item_filter)
+        trending = await self.trending(query.trending())
         related = self.related.get(query.user_id, [])[: query.related_k]
         return RankingInputs(history, trending if query.trending_k else [], related)
 
@@ -150,7 +150,7 @@ def test_the_filter_is_passed_as_parsed() -> None:
     only = ItemFilter(include_categories=frozenset({"shoes"}))
     catalogue = Catalogue()
     recommend(catalogue, RecommendQuery("new", 2, item_filter=only))
-    assert catalogue.trending_asks[0][1] is only
+    assert catalogue.trending_asks[0].item_filter is only
 
 
 def test_trending_is_asked_again_when_the_user_has_seen_most_of_it() -> None:
@@ -160,7 +160,9 @@ def test_trending_is_asked_again_when_the_user_has_seen_most_of_it() -> None:
     )
     answer = recommend(catalogue, RecommendQuery("u", 2))
     assert [i.item_id for i in answer.items] == ["cool", "cold"]
-    assert catalogue.trending_asks[-1] == (2, ItemFilter(), ("hot", "mild", "warm"))
+    assert catalogue.trending_asks[-1] == TrendingQuery(
+        2, ItemFilter(), 0.0, ("hot", "mild", "warm")
+    )
 
 
 def test_include_seen_asks_for_no_seen_ids() -> None:

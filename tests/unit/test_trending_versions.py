@@ -11,7 +11,7 @@ from services.features.behaviour import Behaviour
 from services.features.event_log import SqliteEventLog
 from services.features.trending import Trending
 from services.gateway.downstream import TrendingCache
-from services.gateway.recommend import Scored
+from services.gateway.recommend import Scored, TrendingQuery
 from shared.events import Event, EventType
 from shared.items import ItemFilter
 
@@ -54,25 +54,38 @@ def reply(version: str, *items: tuple[str, float]) -> features_pb2.GetTrendingRe
 
 def test_the_cache_keeps_a_list_until_features_sends_another() -> None:
     cache = TrendingCache()
-    assert cache.known_version(200, ANY) == ""
-    first = cache.answer(200, ANY, reply("v1", ("a", 1.0), ("b", 0.5)))
+    assert cache.known_version(TrendingQuery(200, ANY)) == ""
+    first = cache.answer(TrendingQuery(200, ANY), reply("v1", ("a", 1.0), ("b", 0.5)))
     assert first == [Scored("a", 1.0), Scored("b", 0.5)]
-    assert cache.known_version(200, ANY) == "v1"
+    assert cache.known_version(TrendingQuery(200, ANY)) == "v1"
     unchanged = features_pb2.GetTrendingResponse(version="v1", unchanged=True)
-    assert cache.answer(200, ANY, unchanged) is first
-    assert cache.answer(200, ANY, reply("v2", ("b", 1.0))) == [Scored("b", 1.0)]
-    assert cache.known_version(200, ANY) == "v2"
-    assert cache.known_version(10, ANY) == ""  # another k is another list
+    assert cache.answer(TrendingQuery(200, ANY), unchanged) is first
+    assert cache.answer(TrendingQuery(200, ANY), reply("v2", ("b", 1.0))) == [Scored("b", 1.0)]
+    assert cache.known_version(TrendingQuery(200, ANY)) == "v2"
+    assert cache.known_version(TrendingQuery(10, ANY)) == ""  # another k is another list
 
 
 def test_the_cache_holds_lists_by_filter_and_forgets_the_least_recent() -> None:
     cache = TrendingCache(capacity=2)
     films, books, music = (ItemFilter.build([c], [], []) for c in ("film", "book", "music"))
-    cache.answer(5, films, reply("v1", ("f", 1.0)))
-    cache.answer(5, books, reply("v1", ("b", 1.0)))
-    cache.known_version(5, films)
-    cache.answer(5, films, features_pb2.GetTrendingResponse(version="v1", unchanged=True))
-    cache.answer(5, music, reply("v1", ("m", 1.0)))
-    assert cache.known_version(5, films) == "v1"
-    assert cache.known_version(5, books) == ""  # the least recently used went
-    assert cache.known_version(5, music) == "v1"
+    cache.answer(TrendingQuery(5, films), reply("v1", ("f", 1.0)))
+    cache.answer(TrendingQuery(5, books), reply("v1", ("b", 1.0)))
+    cache.known_version(TrendingQuery(5, films))
+    cache.answer(
+        TrendingQuery(5, films), features_pb2.GetTrendingResponse(version="v1", unchanged=True)
+    )
+    cache.answer(TrendingQuery(5, music), reply("v1", ("m", 1.0)))
+    assert cache.known_version(TrendingQuery(5, films)) == "v1"
+    assert cache.known_version(TrendingQuery(5, books)) == ""  # the least recently used went
+    assert cache.known_version(TrendingQuery(5, music)) == "v1"
+
+
+def test_the_cache_holds_a_list_per_half_life() -> None:
+    cache = TrendingCache()
+    cache.answer(TrendingQuery(5, ANY, DAY), reply("v1", ("new", 1.0)))
+    assert cache.known_version(TrendingQuery(5, ANY, 365 * DAY)) == ""
+    assert cache.answer(TrendingQuery(5, ANY, 365 * DAY), reply("v1", ("old", 1.0))) == [
+        Scored("old", 1.0)
+    ]
+    unchanged = features_pb2.GetTrendingResponse(version="v1", unchanged=True)
+    assert cache.answer(TrendingQuery(5, ANY, DAY), unchanged) == [Scored("new", 1.0)]

@@ -91,26 +91,30 @@ class GetUserHistoryResponse(_message.Message):
     def __init__(self, recent: _Optional[_Iterable[_Union[Interaction, _Mapping]]] = ..., seen_item_ids: _Optional[_Iterable[str]] = ..., first_offset: _Optional[int] = ..., version: _Optional[str] = ..., unchanged: _Optional[bool] = ...) -> None: ...
 
 class GetTrendingRequest(_message.Message):
-    __slots__ = ("k", "filter", "exclude_item_ids", "known_version")
+    __slots__ = ("k", "filter", "exclude_item_ids", "known_version", "half_life_s")
     K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HALF_LIFE_S_FIELD_NUMBER: _ClassVar[int]
     k: int
     filter: _gateway_pb2.Filter
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     known_version: str
-    def __init__(self, k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., known_version: _Optional[str] = ...) -> None: ...
+    half_life_s: float
+    def __init__(self, k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., known_version: _Optional[str] = ..., half_life_s: _Optional[float] = ...) -> None: ...
 
 class GetTrendingResponse(_message.Message):
-    __slots__ = ("items", "version", "unchanged")
+    __slots__ = ("items", "version", "unchanged", "half_life_s")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    HALF_LIFE_S_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[_gateway_pb2.ScoredItem]
     version: str
     unchanged: bool
-    def __init__(self, items: _Optional[_Iterable[_Union[_gateway_pb2.ScoredItem, _Mapping]]] = ..., version: _Optional[str] = ..., unchanged: _Optional[bool] = ...) -> None: ...
+    half_life_s: float
+    def __init__(self, items: _Optional[_Iterable[_Union[_gateway_pb2.ScoredItem, _Mapping]]] = ..., version: _Optional[str] = ..., unchanged: _Optional[bool] = ..., half_life_s: _Optional[float] = ...) -> None: ...
 
 class GetRankingInputsRequest(_message.Message):
     __slots__ = ("history", "trending", "related")
