@@ -35,6 +35,10 @@ from shared.config import (
 SERVICES = ("features", "retrieval", "embedding", "trainer", "gateway")
 # Without the continual trainer: models come only from explicit `recsys train` jobs.
 WITHOUT_TRAINER = tuple(s for s in SERVICES if s != "trainer")
+# What may run as several processes so far: the gateway holds no state of its own. Triton
+# and retrieval replicas need every publish and write to reach each one (issue 18); features
+# is the one writer of the log and the catalogue.
+REPLICABLE = ("gateway",)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -47,6 +51,18 @@ class SuiteSpec:
     log_dir: Path | None = None  # None: services log to this process's stderr
     extra_env: Mapping[str, str] = field(default_factory=dict)
     services: tuple[str, ...] = SERVICES  # which ones run, in start order
+    # Processes per service (1 if not named): replica r listens on 127.0.0.(1 + r) at the
+    # service's port, as pods share a port on many IPs, and clients are given the list.
+    replicas: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for service, count in self.replicas.items():
+            if count > 1 and service not in REPLICABLE:
+                raise ValueError(
+                    f"{service} cannot run as replicas yet; only {', '.join(REPLICABLE)} can"
+                )
+            if count > 1 and self.host != DEFAULT_HOST:
+                raise ValueError(f"replicas listen on 127.0.0.N; the host is {self.host}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SuiteSpec:
@@ -63,6 +79,7 @@ class SuiteSpec:
             ports=ports,
             metrics_ports=metrics,
             services=services_from(Env("RECSYS_SUITE_", environ).string("SERVICES", "")),
+            replicas=replicas_from(Env("RECSYS_SUITE_", environ).string("REPLICAS", "")),
         )
 
     @classmethod
@@ -72,9 +89,12 @@ class SuiteSpec:
         log_dir: Path | None = None,
         services: tuple[str, ...] = SERVICES,
         extra_env: Mapping[str, str] | None = None,
+        replicas: Mapping[str, int] | None = None,
     ) -> SuiteSpec:
-        """A private suite (benchmarks, evaluations): free loopback ports, no metrics."""
-        ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
+        """A private suite (tests, benchmarks, evaluations): free loopback ports (free on
+        every replica's address too), no metrics."""
+        most = max((replicas or {}).values(), default=1)
+        ports = dict(zip(SERVICES, free_ports(len(SERVICES), most), strict=True))
         return cls(
             data_dir=data_dir,
             ports=ports,
@@ -82,10 +102,34 @@ class SuiteSpec:
             log_dir=log_dir,
             extra_env=dict(extra_env or {}),
             services=services,
+            replicas=dict(replicas or {}),
         )
 
+    def replica_count(self, service: str) -> int:
+        return self.replicas.get(service, 1)
+
+    def replica_address(self, service: str, replica: int) -> str:
+        return f"{replica_host(self.host, replica)}:{self.ports[service]}"
+
     def address(self, service: str) -> str:
-        return f"{self.host}:{self.ports[service]}"
+        """What clients are given: the one instance, or the list of its replicas."""
+        count = self.replica_count(service)
+        if count == 1:
+            return self.replica_address(service, 0)
+        listed = ",".join(self.replica_address(service, r) for r in range(count))
+        return f"ipv4:{listed}"
+
+    def process_name(self, service: str, replica: int) -> str:
+        """Replica 0 is named as the service (as when it runs once); others `name-r`."""
+        return service if replica == 0 else f"{service}-{replica}"
+
+    def process_names(self, service: str) -> list[str]:
+        return [self.process_name(service, r) for r in range(self.replica_count(service))]
+
+    def replica_of(self, name: str) -> tuple[str, int]:
+        """The service and replica a process name names."""
+        service, _, replica = name.partition("-")
+        return service, int(replica or 0)
 
     @property
     def model_dir(self) -> Path:
@@ -95,7 +139,7 @@ class SuiteSpec:
     def with_log_dir(self, log_dir: Path) -> SuiteSpec:
         return replace(self, log_dir=log_dir)
 
-    def env_for(self, service: str) -> dict[str, str]:
+    def env_for(self, service: str, replica: int = 0) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.extra_env)
         prefix = f"RECSYS_{service.upper()}_"
@@ -103,10 +147,10 @@ class SuiteSpec:
             {
                 "RECSYS_DATA_DIR": str(self.data_dir),
                 "RECSYS_MODEL_DIR": str(self.model_dir),
-                f"{prefix}HOST": self.host,
+                f"{prefix}HOST": replica_host(self.host, replica),
                 f"{prefix}PORT": str(self.ports[service]),
                 f"{prefix}METRICS_PORT": str(self.metrics_ports[service]),
-                f"{prefix}DATA_DIR": str(self.data_dir / service),
+                f"{prefix}DATA_DIR": str(self.data_dir / self.process_name(service, replica)),
             }
         )
         if service in ("gateway", "trainer"):
@@ -122,6 +166,27 @@ class SuiteSpec:
         return env
 
 
+def replica_host(host: str, replica: int) -> str:
+    """Replica r of a service on `host` (127.0.0.1): 127.0.0.(1 + r)."""
+    if replica == 0:
+        return host
+    first, _, last = host.rpartition(".")
+    return f"{first}.{int(last) + replica}"
+
+
+def replicas_from(listed: str) -> dict[str, int]:
+    """RECSYS_SUITE_REPLICAS: `service=count,...` ("" means one of each)."""
+    counts: dict[str, int] = {}
+    for part in (p.strip() for p in listed.split(",") if p.strip()):
+        service, sep, count = part.partition("=")
+        if not sep or service.strip() not in SERVICES or not count.strip().isdigit():
+            raise ValueError(f"RECSYS_SUITE_REPLICAS={listed!r}: {part!r} is not service=count")
+        if not 1 <= int(count) <= 254:
+            raise ValueError(f"RECSYS_SUITE_REPLICAS={listed!r}: a count is 1 to 254")
+        counts[service.strip()] = int(count)
+    return counts
+
+
 def services_from(listed: str) -> tuple[str, ...]:
     """RECSYS_SUITE_SERVICES: a comma-separated subset of SERVICES ("" means all of them)."""
     if not listed.strip():
@@ -133,13 +198,26 @@ def services_from(listed: str) -> tuple[str, ...]:
     return tuple(s for s in SERVICES if s in wanted)
 
 
-def free_ports(count: int, host: str = DEFAULT_HOST) -> list[int]:
-    """Ports the OS hands out for port 0; all held open at once so they differ."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+def free_ports(count: int, replicas: int = 1, host: str = DEFAULT_HOST) -> list[int]:
+    """Ports the OS hands out for port 0, free on every replica's address too; all held
+    open at once so they differ."""
+    sockets: list[socket.socket] = []
+    ports: list[int] = []
     try:
-        for sock in sockets:
-            sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+        while len(ports) < count:
+            first = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(first)
+            first.bind((host, 0))
+            port = int(first.getsockname()[1])
+            try:
+                for replica in range(1, replicas):
+                    other = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    sockets.append(other)
+                    other.bind((replica_host(host, replica), port))
+            except OSError:
+                continue  # taken on another address: try the next
+            ports.append(port)
+        return ports
     finally:
         for sock in sockets:
             sock.close()
@@ -176,7 +254,8 @@ class SuiteError(RuntimeError):
 
 
 class Suite:
-    """The suite's processes. Use as a context manager, or start()/stop()."""
+    """The suite's processes, by name (`SuiteSpec.process_name`: a service, or a replica
+    of it). Use as a context manager, or start()/stop()."""
 
     def __init__(self, spec: SuiteSpec, stop_grace_s: float = 20.0) -> None:
         self.spec = spec
@@ -194,52 +273,56 @@ class Suite:
     def start(self, ready_timeout_s: float = 180.0) -> None:
         try:
             for service in self.spec.services:
-                self.start_service(service)
+                for replica in range(self.spec.replica_count(service)):
+                    self.start_service(service, replica)
             for service in self.spec.services:
                 self.wait_ready(service, ready_timeout_s)
         except BaseException:
             self.stop()
             raise
 
-    def start_service(self, service: str) -> subprocess.Popen[bytes]:
+    def start_service(self, service: str, replica: int = 0) -> subprocess.Popen[bytes]:
+        name = self.spec.process_name(service, replica)
         output: IO[bytes] | None = None
         if self.spec.log_dir is not None:
             self.spec.log_dir.mkdir(parents=True, exist_ok=True)
-            output = open(self.spec.log_dir / f"{service}.log", "ab")  # noqa: SIM115
+            output = open(self.spec.log_dir / f"{name}.log", "ab")  # noqa: SIM115
             self._logs.append(output)
         process = subprocess.Popen(
             [sys.executable, "-m", f"services.{service}"],
-            env=self.spec.env_for(service),
+            env=self.spec.env_for(service, replica),
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
             # Own session: Ctrl-C reaches only the launcher, which stops services in order.
             start_new_session=True,
             preexec_fn=_terminate_with_parent,
         )
-        self.processes[service] = process
+        self.processes[name] = process
         return process
 
     def wait_ready(self, service: str, timeout_s: float = 180.0) -> None:
+        """Until every replica of `service` reports SERVING."""
         deadline = time.monotonic() + timeout_s
-        address = self.spec.address(service)
-        while time.monotonic() < deadline:
-            process = self.processes.get(service)
-            if process is not None and process.poll() is not None:
-                raise SuiteError(f"{service} exited with code {process.returncode} while starting")
-            if is_serving(address):
-                return
-            time.sleep(0.2)
-        raise SuiteError(f"{service} at {address} not serving after {timeout_s:.0f}s")
+        for replica in range(self.spec.replica_count(service)):
+            name = self.spec.process_name(service, replica)
+            address = self.spec.replica_address(service, replica)
+            while not is_serving(address):
+                process = self.processes.get(name)
+                if process is not None and process.poll() is not None:
+                    raise SuiteError(f"{name} exited with code {process.returncode} while starting")
+                if time.monotonic() > deadline:
+                    raise SuiteError(f"{name} at {address} not serving after {timeout_s:.0f}s")
+                time.sleep(0.2)
 
-    def kill(self, service: str) -> None:
+    def kill(self, name: str) -> None:
         """SIGKILL, as a crash would: nothing gets a chance to flush."""
-        process = self.processes.pop(service)
+        process = self.processes.pop(name)
         process.kill()
         process.wait()
         reap_group(process.pid)
 
-    def stop_service(self, service: str) -> int:
-        process = self.processes.pop(service)
+    def stop_service(self, name: str) -> int:
+        process = self.processes.pop(name)
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
@@ -252,12 +335,19 @@ class Suite:
 
     def stop(self) -> dict[str, int]:
         """Stops the gateway first, so no call arrives at a service that is going away."""
-        order = reversed(self.spec.services)
-        codes = {s: self.stop_service(s) for s in order if s in self.processes}
+        order = [n for s in reversed(self.spec.services) for n in self.spec.process_names(s)]
+        codes = {n: self.stop_service(n) for n in order if n in self.processes}
         for log_file in self._logs:
             log_file.close()
         self._logs.clear()
         return codes
+
+    def restart(self, name: str) -> None:
+        """Starts a process that exited again, in its place."""
+        process = self.processes.pop(name)
+        process.wait()
+        reap_group(process.pid)
+        self.start_service(*self.spec.replica_of(name))
 
     def first_exited(self) -> str | None:
         for service, process in self.processes.items():
@@ -290,9 +380,16 @@ def supervise(suite: Suite, stop: threading.Event) -> int:
     crashed = None
     while not stop.wait(0.5):
         crashed = suite.first_exited()
-        if crashed:
+        if crashed is None:
+            continue
+        service, replica = suite.spec.replica_of(crashed)
+        if suite.spec.replica_count(service) == 1:
             print(f"recsys: {crashed} exited; stopping the suite", file=sys.stderr)
             break
+        # One of several: the others serve meanwhile, as a ReplicaSet's pods would.
+        print(f"recsys: {crashed} exited; starting it again", file=sys.stderr, flush=True)
+        suite.restart(crashed)
+        crashed = None
     codes = suite.stop()
     print(f"recsys: stopped ({', '.join(f'{s}={c}' for s, c in codes.items())})", file=sys.stderr)
     return 1 if crashed else 0

@@ -5,18 +5,19 @@ from __future__ import annotations
 import grpc
 
 from shared.server import MAX_MESSAGE_BYTES
+from shared.targets import channel_options
+
+OPTIONS: list[tuple[str, str | int]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    *channel_options(),
+]
 
 
 def channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.enable_retries", 1),
-            ("grpc.keepalive_time_ms", 30_000),
-        ],
-    )
+    """A channel to a service's address: one instance, or replicas (shared/targets.py)."""
+    return grpc.aio.insecure_channel(address, options=OPTIONS)
 
 
 def deadline(context: grpc.aio.ServicerContext | None, budget_s: float) -> float:

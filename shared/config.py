@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.targets import BadTarget, Target
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DATA_DIR = "var"
 NO_ADDRESS = "none"  # a dependency's address when it is not deployed
@@ -106,14 +108,15 @@ class Env:
         return Path(self.string(name, str(default))).expanduser()
 
     def address(self, name: str, default: str) -> str:
+        """A dependency's gRPC target: host:port, or its replicas (shared/targets.py)."""
         value = self.string(name, default)
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ConfigError(f"{self.prefix}{name}={value!r} is not host:port")
-        return value
+        try:
+            return Target.parse(value).text
+        except BadTarget as error:
+            raise ConfigError(f"{self.prefix}{name}: {error}") from None
 
     def optional_address(self, name: str, default: str) -> str:
-        """host:port of a dependency, or "" when the variable says `none` (not deployed)."""
+        """A dependency's address, or "" when the variable says `none` (not deployed)."""
         if self.string(name, default).lower() == NO_ADDRESS:
             return ""
         return self.address(name, default)

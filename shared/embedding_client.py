@@ -20,7 +20,7 @@ from tritonclient.grpc import InferInput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
-from shared.server import MAX_MESSAGE_BYTES
+from shared.clients import OPTIONS
 
 USER_TOWER = "user_tower"
 ITEM_TOWER = "item_tower"
@@ -60,14 +60,8 @@ class EmbeddingClient:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self._max_batch: dict[str, int] = {}
-        self._client = InferenceServerClient(
-            address,
-            channel_args=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.keepalive_time_ms", 30_000),
-            ],
-        )
+        # A list of replicas or a DNS name too: calls are spread over them (shared/targets.py).
+        self._client = InferenceServerClient(address, channel_args=OPTIONS)
 
     async def close(self) -> None:
         await self._client.close()

@@ -11,7 +11,12 @@ from services.launcher import Suite, SuiteError, SuiteSpec, stop_on_signals, sup
 
 def _up(args: argparse.Namespace) -> int:
     stop = stop_on_signals()
-    suite = Suite(SuiteSpec.from_env())
+    try:
+        spec = SuiteSpec.from_env()
+    except ValueError as error:  # a bad RECSYS_* setting: say which and stop
+        print(f"recsys: {error}", file=sys.stderr)
+        return 2
+    suite = Suite(spec)
     try:
         suite.start()
     except SuiteError as error:

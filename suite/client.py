@@ -8,6 +8,7 @@ from typing import TypeVar
 import grpc
 
 from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from shared.clients import OPTIONS
 from shared.convert import item_to_proto
 from shared.items import Item
 
@@ -16,7 +17,8 @@ T = TypeVar("T")
 
 class GatewayClient:
     def __init__(self, address: str, timeout_s: float = 10.0) -> None:
-        self.channel = grpc.insecure_channel(address)
+        # The gateway's address, or a list of its replicas (shared/targets.py).
+        self.channel = grpc.insecure_channel(address, options=OPTIONS)
         self.stub = gateway_pb2_grpc.GatewayServiceStub(self.channel)
         self.timeout_s = timeout_s
 

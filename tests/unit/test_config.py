@@ -32,6 +32,38 @@ def test_launcher_names_its_trainer_to_the_gateway_or_none_without_one(tmp_path:
     assert alone.env_for("gateway")["RECSYS_GATEWAY_TRAINER_ADDRESS"] == "none"
 
 
+def test_launcher_puts_replica_r_on_127_0_0_r_plus_1_and_gives_clients_the_list(
+    tmp_path: Path,
+) -> None:
+    from services.launcher import SuiteSpec, replicas_from
+
+    assert replicas_from("") == {} and replicas_from(" gateway=2 ") == {"gateway": 2}
+    spec = SuiteSpec.from_env(
+        {"RECSYS_DATA_DIR": str(tmp_path), "RECSYS_SUITE_REPLICAS": "gateway=2"}
+    )
+    assert spec.address("gateway") == "ipv4:127.0.0.1:50051,127.0.0.2:50051"
+    assert spec.process_names("gateway") == ["gateway", "gateway-1"]
+    second = spec.env_for("gateway", 1)
+    assert (second["RECSYS_GATEWAY_HOST"], second["RECSYS_GATEWAY_PORT"]) == ("127.0.0.2", "50051")
+    assert second["RECSYS_GATEWAY_DATA_DIR"] == str(tmp_path / "gateway-1")
+    assert spec.address("retrieval") == spec.env_for("gateway")["RECSYS_GATEWAY_RETRIEVAL_ADDRESS"]
+
+
+@pytest.mark.parametrize("listed", ["gateway", "gateway=0", "nosuch=2", "gateway=two"])
+def test_launcher_refuses_a_malformed_replica_count(listed: str) -> None:
+    from services.launcher import replicas_from
+
+    with pytest.raises(ValueError, match="RECSYS_SUITE_REPLICAS"):
+        replicas_from(listed)
+
+
+def test_launcher_refuses_replicas_of_a_service_that_cannot_have_them_yet(tmp_path: Path) -> None:
+    from services.launcher import SuiteSpec
+
+    with pytest.raises(ValueError, match="retrieval cannot run as replicas yet"):
+        SuiteSpec(tmp_path, replicas={"retrieval": 2})
+
+
 def test_retrieval_config_reads_prefixed_variables() -> None:
     config = RetrievalConfig.from_env(
         {
