@@ -35,10 +35,11 @@ from shared.config import (
 SERVICES = ("features", "retrieval", "embedding", "trainer", "gateway")
 # Without the continual trainer: models come only from explicit `recsys train` jobs.
 WITHOUT_TRAINER = tuple(s for s in SERVICES if s != "trainer")
-# What may run as several processes so far: the gateway holds no state of its own. Triton
-# and retrieval replicas need every publish and write to reach each one (issue 18); features
-# is the one writer of the log and the catalogue.
-REPLICABLE = ("gateway",)
+# What may run as several processes so far: the gateway holds no state of its own, and
+# every Triton replica serves the one model repository, to which publishes load each
+# version (shared/embedding_client.py). Retrieval replicas need every write to reach each
+# one (issue 18); features is the one writer of the log and the catalogue.
+REPLICABLE = ("gateway", "embedding")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 

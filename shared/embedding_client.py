@@ -6,11 +6,18 @@ asked per model and version, never with the server-wide ready flag, which says n
 about the version a caller needs. A call with more rows than the tower's configured batch
 limit goes to Triton in batches of that many (the limit is read from Triton once per
 tower), so callers never need to know it.
+
+The address may name several Triton replicas (shared/targets.py): inference is spread over
+them, while loading, unloading and asking whether a version is ready go to every replica
+the address names at that moment. A replica that is down is left out (a publish does not
+wait for it): it loads the versions the shared model repository lists when it starts, before
+it listens, so it never takes a call for a version it lacks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -21,6 +28,9 @@ from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from shared.clients import OPTIONS
+from shared.targets import Target
+
+log = logging.getLogger(__name__)
 
 USER_TOWER = "user_tower"
 ITEM_TOWER = "item_tower"
@@ -60,11 +70,46 @@ class EmbeddingClient:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self._max_batch: dict[str, int] = {}
+        self._target = Target.parse(address)
         # A list of replicas or a DNS name too: calls are spread over them (shared/targets.py).
         self._client = InferenceServerClient(address, channel_args=OPTIONS)
+        self._replicas: dict[str, InferenceServerClient] = {}  # by endpoint, for control
 
     async def close(self) -> None:
         await self._client.close()
+        for replica in self._replicas.values():
+            await replica.close()
+
+    def _replica(self, endpoint: str) -> InferenceServerClient:
+        if not self._target.replicated:
+            return self._client
+        client = self._replicas.get(endpoint)
+        if client is None:
+            client = self._replicas[endpoint] = InferenceServerClient(
+                endpoint, channel_args=OPTIONS
+            )
+        return client
+
+    async def _on_every_replica(
+        self, what: str, call: Callable[[InferenceServerClient], Awaitable[T]]
+    ) -> list[T]:
+        """`call` on each replica the address names now; those that are down are left out
+        (logged), and none reachable is EmbeddingUnavailable."""
+        endpoints = await asyncio.to_thread(self._target.endpoints)
+        answers: list[T] = []
+        down: list[str] = []
+        for endpoint in endpoints:
+            try:
+                answers.append(await call(self._replica(endpoint)))
+            except InferenceServerException as error:
+                if str(error.status()) != "StatusCode.UNAVAILABLE":
+                    raise
+                down.append(endpoint)
+        if down:
+            log.warning("Triton replicas down, left out", extra={"what": what, "down": down})
+        if not answers:
+            raise EmbeddingUnavailable(f"{what}: no Triton replica answered ({', '.join(down)})")
+        return answers
 
     async def _call(
         self, what: str, call: Callable[[float], Awaitable[T]], timeout_s: float | None
@@ -88,11 +133,28 @@ class EmbeddingClient:
         raise EmbeddingUnavailable(f"{what}: no answer within {budget:.3f}s")
 
     async def ready(self, model: str, version: int, timeout_s: float | None = None) -> bool:
+        """Whether every replica that is up has the version ready (one that is down takes
+        no calls, and loads it when it starts)."""
+        if not self._target.replicated:
+            return await self._ready_on(self._client, model, version, timeout_s)
+        budget = self.timeout_s if timeout_s is None else timeout_s
+
+        async def ask(client: InferenceServerClient) -> bool:
+            return bool(await client.is_model_ready(model, str(version), client_timeout=budget))
+
+        try:
+            return all(await self._on_every_replica(f"{model} v{version} ready", ask))
+        except (EmbeddingUnavailable, InferenceServerException):
+            return False
+
+    async def _ready_on(
+        self, client: InferenceServerClient, model: str, version: int, timeout_s: float | None
+    ) -> bool:
         try:
             return bool(
                 await self._call(
                     f"{model} v{version} ready",
-                    lambda t: self._client.is_model_ready(model, str(version), client_timeout=t),
+                    lambda t: client.is_model_ready(model, str(version), client_timeout=t),
                     timeout_s,
                 )
             )
@@ -100,11 +162,15 @@ class EmbeddingClient:
             return False
 
     async def load(self, model: str, timeout_s: float = 300.0) -> None:
-        """(Re)loads a model with the versions its config lists now."""
-        await self._client.load_model(model, client_timeout=timeout_s)
+        """(Re)loads a model with the versions its config lists now, on every replica."""
+        await self._on_every_replica(
+            f"load {model}", lambda client: client.load_model(model, client_timeout=timeout_s)
+        )
 
     async def unload(self, model: str, timeout_s: float = 60.0) -> None:
-        await self._client.unload_model(model, client_timeout=timeout_s)
+        await self._on_every_replica(
+            f"unload {model}", lambda client: client.unload_model(model, client_timeout=timeout_s)
+        )
 
     async def max_batch(self, model: str, timeout_s: float | None = None) -> int:
         """The most rows Triton takes in one request to `model` (its max_batch_size)."""

@@ -16,7 +16,7 @@ from bench.memory import ProcessInfo, process_tree, read_processes
 from recsys.features.v1 import features_pb2, features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2_grpc
-from services.launcher import reap_group
+from services.launcher import SuiteSpec, reap_group
 from shared.convert import event_from_proto
 from shared.events import Event
 from shared.items import Item
@@ -59,6 +59,10 @@ class UserSuite:
         if external_trainer:
             self.env["RECSYS_GATEWAY_TRAINER_ADDRESS"] = self.trainer
         self.process: subprocess.Popen[bytes] | None = None
+
+    def address(self, service: str) -> str:
+        """The service's address as `recsys up` gives it to clients: one, or its replicas."""
+        return SuiteSpec.from_env(self.env).address(service)
 
     @property
     def model_dir(self) -> Path:
@@ -143,8 +147,8 @@ class UserSuite:
             RECSYS_TRAINER_MAX_SECONDS=str(max_seconds),
             RECSYS_TRAINER_PUBLISH_GRACE_S=str(grace_s),
         )
-        for service in ("FEATURES", "RETRIEVAL", "EMBEDDING"):
-            env[f"RECSYS_TRAINER_{service}_ADDRESS"] = f"{HOST}:{env[f'RECSYS_{service}_PORT']}"
+        for service in ("features", "retrieval", "embedding"):
+            env[f"RECSYS_TRAINER_{service.upper()}_ADDRESS"] = self.address(service)
         done = subprocess.run(
             [RECSYS, "train", *args], env=env, capture_output=True, text=True, timeout=300
         )

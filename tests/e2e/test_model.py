@@ -28,7 +28,7 @@ USERS = 40
 CONTENT_MODEL = "content-profile"
 
 
-def _ratings(movies: list[str]) -> list[api.Event]:
+def taste_groups(movies: list[str]) -> list[api.Event]:
     """Two taste groups over disjoint halves of the catalogue, in time order."""
     rng = random.Random(7)
     half = len(movies) // 2
@@ -48,7 +48,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UserSuite]:
     client = running.client()
     for start in range(0, len(movies), 256):
         client.upsert(movies[start : start + 256])
-    events = _ratings([m.item_id for m in movies])
+    events = taste_groups([m.item_id for m in movies])
     for start in range(0, len(events), 500):
         log(running, *events[start : start + 500])
     yield running
@@ -63,7 +63,7 @@ def test_recommend_answers_from_the_published_model(suite: UserSuite) -> None:
     reply = suite.wait_for_version("two-tower-1")
     assert reply.model_version == "two-tower-1" and not reply.fallback
     assert len(reply.items) == 10
-    events = _ratings([m.item_id for m in catalogue()])
+    events = taste_groups([m.item_id for m in catalogue()])
     rated = {e.item_id for e in events if e.user_id == "u0"}
     assert not rated & set(ids(reply)), "items the user rated are never recommended"
     # One place in ten is kept for the items the version has not learned (nobody rated).
