@@ -35,11 +35,12 @@ from shared.config import (
 SERVICES = ("features", "retrieval", "embedding", "trainer", "gateway")
 # Without the continual trainer: models come only from explicit `recsys train` jobs.
 WITHOUT_TRAINER = tuple(s for s in SERVICES if s != "trainer")
-# What may run as several processes so far: the gateway holds no state of its own, and
-# every Triton replica serves the one model repository, to which publishes load each
-# version (shared/embedding_client.py). Retrieval replicas need every write to reach each
-# one (issue 18); features is the one writer of the log and the catalogue.
-REPLICABLE = ("gateway", "embedding")
+# What may run as several processes: the gateway holds no state of its own; every Triton
+# replica serves the one model repository, to which publishes load each version
+# (shared/embedding_client.py); every write reaches each retrieval replica, and one that
+# starts copies from a serving one (services/retrieval/catch_up.py). Features is the one
+# writer of the event log and the catalogue, and the trainer the one learner.
+REPLICABLE = ("gateway", "embedding", "retrieval")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -162,6 +163,8 @@ class SuiteSpec:
             env[f"{prefix}TRAINER_ADDRESS"] = self.address("trainer")
         elif service == "gateway":  # a trainer running elsewhere is named by the caller
             env.setdefault(f"{prefix}TRAINER_ADDRESS", NO_ADDRESS)
+        if service == "retrieval" and self.replica_count(service) > 1:
+            env[f"{prefix}PEERS"] = self.address(service)
         if service == "trainer":
             env[f"{prefix}STATE_DIR"] = str(self.data_dir / service)
         return env

@@ -19,11 +19,15 @@ STATIC_SCHEMES = ("ipv4:", "ipv6:")
 DNS_SCHEME = "dns:"
 RETRIED_ATTEMPTS = 3  # the first try and two more, each on another endpoint where there is one
 
+
 # gRPC's service config: round robin over every resolved endpoint, and retries of a call
 # that found its endpoint UNAVAILABLE (down or restarting). Every RPC of the suite is safe
 # to repeat: writes carry ids (events, items) or set a state (deletes, forgets, loads).
-SERVICE_CONFIG = json.dumps(
-    {
+def service_config(health_checked: bool = False) -> str:
+    """With `health_checked`, round robin also passes by an endpoint whose standard health
+    check says NOT_SERVING (gRPC's client-side health checking): a retrieval replica that
+    catches up takes writes but no reads."""
+    config: dict[str, object] = {
         "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
@@ -38,7 +42,9 @@ SERVICE_CONFIG = json.dumps(
             }
         ],
     }
-)
+    if health_checked:
+        config["healthCheckConfig"] = {"serviceName": ""}
+    return json.dumps(config)
 
 
 class BadTarget(ValueError):
@@ -100,6 +106,6 @@ def _host_port(value: str, bracketed: bool) -> bool:
     return bool(sep and host and port.isdigit())
 
 
-def channel_options() -> list[tuple[str, str | int]]:
+def channel_options(health_checked: bool = False) -> list[tuple[str, str | int]]:
     """What every channel to a service of the suite is opened with, besides sizes."""
-    return [("grpc.enable_retries", 1), ("grpc.service_config", SERVICE_CONFIG)]
+    return [("grpc.enable_retries", 1), ("grpc.service_config", service_config(health_checked))]

@@ -11,7 +11,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.features.v1 import features_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2_grpc
-from recsys.retrieval.v1 import retrieval_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2_grpc
 from services.gateway.config import GatewayConfig
 from services.gateway.servicer import GatewayServicer
@@ -19,6 +18,7 @@ from services.gateway.serving import ServingModel
 from shared.clients import channel
 from shared.embedding_client import EmbeddingClient
 from shared.model_store import ModelStore
+from shared.retrieval_client import ReplicatedRetrieval
 from shared.server import GrpcService, ServiceBinding, run_main
 
 SERVICE_NAME = "recsys.gateway.v1.GatewayService"
@@ -40,8 +40,9 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self.channels = [channel(config.features_address), channel(config.retrieval_address)]
-        retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self.channels[1])
+        self.channels = [channel(config.features_address)]
+        retrieval = ReplicatedRetrieval(config.retrieval_address)
+        self.retrieval = retrieval
         # Not part of readiness: only ForgetUser calls it.
         self.trainer_channel = channel(config.trainer_address) if config.trainer_address else None
         self.embedding = EmbeddingClient(config.embedding_address, config.embedding_timeout_s)
@@ -83,7 +84,10 @@ class Gateway:
         stubs = [health_pb2_grpc.HealthStub(c) for c in self.channels]
         last: bool | None = None
         while True:
-            checks = await asyncio.gather(*(_serving(s, self.config.call_timeout_s) for s in stubs))
+            checks = await asyncio.gather(
+                *(_serving(s, self.config.call_timeout_s) for s in stubs),
+                self.retrieval.serving_somewhere(self.config.call_timeout_s),
+            )
             ready = all(checks)
             if ready != last:
                 log.info("dependencies", extra={"serving": ready})
@@ -98,6 +102,7 @@ class Gateway:
                 await task
         for ch in [*self.channels, *([self.trainer_channel] if self.trainer_channel else [])]:
             await ch.close()
+        await self.retrieval.close()
         await self.embedding.close()
 
 

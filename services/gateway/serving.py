@@ -1,7 +1,8 @@
 """Which trained model version the gateway serves, switched atomically.
 
 The gateway follows the model store's live pointer. A new version is taken up only once
-Triton reports both of its towers ready and retrieval holds its item index; from then on
+Triton reports both of its towers ready and every retrieval replica holds its item
+index (on every replica of each that is up); from then on
 each request reads the pair (towers of version N, index of version N) once, at its start,
 so a request never mixes versions however a switch falls.
 """
@@ -11,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import grpc
-
-from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from shared.embedding_client import ITEM_TOWER, USER_TOWER, EmbeddingClient
 from shared.model_store import ModelStore, ServingInfo, model_name
+from shared.retrieval_client import ReplicatedRetrieval
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ class ServingModel:
         self,
         store: ModelStore,
         embedding: EmbeddingClient,
-        retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
+        retrieval: ReplicatedRetrieval,
         poll_s: float,
         timeout_s: float,
     ) -> None:
@@ -66,11 +65,4 @@ class ServingModel:
         )
         if not all(towers):
             return False
-        try:
-            stats = await self.retrieval.GetIndexStats(
-                retrieval_pb2.GetIndexStatsRequest(index=model_name(version)),
-                timeout=self.timeout_s,
-            )
-        except grpc.aio.AioRpcError:
-            return False
-        return stats.size > 0
+        return await self.retrieval.size_on_every_replica(model_name(version), self.timeout_s) > 0

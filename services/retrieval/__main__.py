@@ -10,6 +10,7 @@ import faiss
 from threadpoolctl import threadpool_limits
 
 from recsys.retrieval.v1 import retrieval_pb2_grpc
+from services.retrieval.catch_up import catch_up
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.indexes import IndexRegistry
 from services.retrieval.servicer import RetrievalServicer
@@ -27,6 +28,8 @@ def build(config: RetrievalConfig) -> GrpcService:
     threadpool_limits(config.faiss_threads)
     store = VectorStore(config.data_dir / "vectors.sqlite3")
     registry = IndexRegistry(store, config.data_dir / "snapshots", config.index)
+    # Before it listens: a write that arrives must find the stored indexes in place.
+    registry.restore()
     binding = ServiceBinding(
         SERVICE_NAME,
         retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server,
@@ -43,7 +46,7 @@ def build(config: RetrievalConfig) -> GrpcService:
                 log.exception("snapshot failed; the vector store still holds every write")
 
     async def startup() -> None:
-        await asyncio.to_thread(registry.restore)
+        await catch_up(registry, config.catch_up)
         snapshots.append(asyncio.create_task(snapshot_periodically()))
 
     async def shutdown() -> None:

@@ -4,8 +4,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.retrieval.catch_up import CatchUpSettings
+from services.retrieval.indexes import MAX_EXPORT_PAGE
 from services.retrieval.vector_index import IndexSettings
-from shared.config import Env, ServerConfig, data_root
+from shared.config import NO_ADDRESS, Env, ServerConfig, data_root
 
 PREFIX = "RECSYS_RETRIEVAL_"
 
@@ -17,6 +19,7 @@ class RetrievalConfig:
     index: IndexSettings
     snapshot_interval_s: float
     faiss_threads: int
+    catch_up: CatchUpSettings
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RetrievalConfig:
@@ -40,4 +43,12 @@ class RetrievalConfig:
             snapshot_interval_s=env.number("SNAPSHOT_INTERVAL_S", 30.0, minimum=0.1),
             # One thread a query keeps tail latency low when many callers search at once.
             faiss_threads=env.integer("FAISS_THREADS", 1, minimum=1, maximum=256),
+            # Every replica's address, this one's too (the launcher sets it; on Kubernetes
+            # the headless Service): a replica that starts copies from one serving.
+            catch_up=CatchUpSettings(
+                peers=env.optional_address("PEERS", NO_ADDRESS),
+                settle_s=env.number("CATCH_UP_SETTLE_S", 0.5, minimum=0.0),
+                page=env.integer("CATCH_UP_PAGE", 2_000, minimum=1, maximum=MAX_EXPORT_PAGE),
+                timeout_s=env.number("CATCH_UP_TIMEOUT_S", 30.0, minimum=0.1),
+            ),
         )

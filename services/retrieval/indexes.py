@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_PROFILE = 1_000
 # Nearest neighbours beyond k that a boost may lift into the top k.
 BOOST_POOL = 200
+MAX_EXPORT_PAGE = 10_000
 _INDEX_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -65,6 +66,15 @@ class ReservedSlots:
 
     slots: int
     category: str
+
+
+@dataclass(frozen=True)
+class WrittenSince:
+    """What writes set while a replica catches up: (index, item_id) upserted or deleted,
+    and the indexes dropped."""
+
+    keys: set[tuple[str, str]]
+    dropped: set[str]
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,7 @@ class IndexRegistry:
         self._indexes: dict[str, VectorIndex] = {}
         self._snapshot_generation: dict[str, int] = {}
         self._writes = asyncio.Lock()
+        self._written: WrittenSince | None = None
 
     # ---- start-up and snapshots -------------------------------------------------------
 
@@ -202,31 +213,43 @@ class IndexRegistry:
             validate_id(record.item_id, f"records[{i}].item_id")
         latest = list({r.item_id: r for r in records}.values())
         async with self._writes:
-            current = self._indexes.get(name)
-            vectors = _as_matrix(latest, current.dimension if current else None)
-            ids = [r.item_id for r in latest]
-            categories = [list(r.categories) for r in latest]
-            generation = await asyncio.to_thread(
-                self.store.upsert, name, vectors.shape[1], ids, vectors, categories
-            )
-            index = current or VectorIndex(vectors.shape[1], self.settings)
-            index.upsert(ids, vectors, categories)
-            index.generation = generation
-            self._indexes[name] = index
-            await self._rebuild_if_needed(name, index)
+            await self._upsert_locked(name, latest)
+            # Only once it is written: a refused write must not hide the peer's copy.
+            if self._written is not None:
+                self._written.keys.update((name, r.item_id) for r in latest)
         return len(latest)
+
+    async def _upsert_locked(self, name: str, latest: Sequence[Record]) -> None:
+        current = self._indexes.get(name)
+        vectors = _as_matrix(latest, current.dimension if current else None)
+        ids = [r.item_id for r in latest]
+        categories = [list(r.categories) for r in latest]
+        generation = await asyncio.to_thread(
+            self.store.upsert, name, vectors.shape[1], ids, vectors, categories
+        )
+        index = current or VectorIndex(vectors.shape[1], self.settings)
+        index.upsert(ids, vectors, categories)
+        index.generation = generation
+        self._indexes[name] = index
+        await self._rebuild_if_needed(name, index)
 
     async def delete(self, name: str, item_ids: Sequence[str]) -> int:
         name = index_name(name)
         ids = validate_ids(item_ids)
         async with self._writes:
-            index = self._indexes.get(name)
-            if index is None:
-                return 0
-            deleted, generation = await asyncio.to_thread(self.store.delete, name, ids)
-            index.delete(ids)
-            index.generation = generation
-            await self._rebuild_if_needed(name, index)
+            deleted = await self._delete_locked(name, ids)
+            if self._written is not None:
+                self._written.keys.update((name, i) for i in ids)
+            return deleted
+
+    async def _delete_locked(self, name: str, ids: Sequence[str]) -> int:
+        index = self._indexes.get(name)
+        if index is None:
+            return 0
+        deleted, generation = await asyncio.to_thread(self.store.delete, name, ids)
+        index.delete(ids)
+        index.generation = generation
+        await self._rebuild_if_needed(name, index)
         return deleted
 
     async def drop(self, name: str) -> bool:
@@ -237,14 +260,85 @@ class IndexRegistry:
                 "index", f"{CONTENT_INDEX!r} holds the catalogue and is never dropped"
             )
         async with self._writes:
-            dropped = await asyncio.to_thread(self.store.drop, name)
-            dropped = self._indexes.pop(name, None) is not None or dropped
-            self._snapshot_generation.pop(name, None)
-            for path in self._paths(name):
-                path.unlink(missing_ok=True)
+            if self._written is not None:
+                self._written.dropped.add(name)
+            return await self._drop_locked(name)
+
+    async def _drop_locked(self, name: str) -> bool:
+        dropped = await asyncio.to_thread(self.store.drop, name)
+        dropped = self._indexes.pop(name, None) is not None or dropped
+        self._snapshot_generation.pop(name, None)
+        for path in self._paths(name):
+            path.unlink(missing_ok=True)
         if dropped:
             log.info("index dropped", extra={"index": name})
         return dropped
+
+    # ---- catching up from a peer ------------------------------------------------------
+
+    @property
+    def catching_up(self) -> bool:
+        return self._written is not None
+
+    def begin_catch_up(self) -> None:
+        """From now until `end_catch_up`, writes are remembered, so that a peer's copy
+        (older or newer than them) never undoes one."""
+        self._written = WrittenSince(set(), set())
+
+    def end_catch_up(self) -> None:
+        self._written = None
+
+    async def merge_from_peer(self, name: str, dimension: int, records: Sequence[Record]) -> int:
+        """A page of a peer's copy of `name`, less what writes here set since the catch-up
+        began. An index of another dimension here is replaced whole."""
+        assert self._written is not None, "merge_from_peer outside a catch-up"
+        async with self._writes:
+            if name in self._written.dropped:
+                return 0
+            current = self._indexes.get(name)
+            if current is not None and current.dimension != dimension:
+                await self._drop_locked(name)
+            fresh = [r for r in records if (name, r.item_id) not in self._written.keys]
+            if fresh:
+                await self._upsert_locked(name, fresh)
+            return len(fresh)
+
+    async def keep_only(self, name: str, peer_ids: set[str]) -> int:
+        """Deletes what `name` holds here but the peer does not, unless written here since."""
+        assert self._written is not None, "keep_only outside a catch-up"
+        async with self._writes:
+            here = await asyncio.to_thread(self.store.item_ids, name)
+            stale = sorted(i for i in here - peer_ids if (name, i) not in self._written.keys)
+            return await self._delete_locked(name, stale) if stale else 0
+
+    async def drop_unless_listed(self, names: set[str]) -> list[str]:
+        """Drops the indexes here that the peer no longer has, unless written here since."""
+        assert self._written is not None, "drop_unless_listed outside a catch-up"
+        touched = {index for index, _ in self._written.keys}
+        dropped = []
+        async with self._writes:
+            for name in sorted(set(self._indexes) - names - touched - {CONTENT_INDEX}):
+                await self._drop_locked(name)
+                dropped.append(name)
+        return dropped
+
+    def listing(self) -> list[tuple[str, int, int]]:
+        """(name, dimension, size) of every index."""
+        return [(n, i.dimension, len(i)) for n, i in sorted(self._indexes.items())]
+
+    def export_page(self, name: str, after_item_id: str, limit: int) -> tuple[list[Record], str]:
+        """Records of `name` after `after_item_id` in item_id order, and where the next
+        page starts ("" after the last)."""
+        name = index_name(name)
+        if not 1 <= limit <= MAX_EXPORT_PAGE:
+            raise InvalidArgument("limit", f"must be from 1 to {MAX_EXPORT_PAGE}")
+        if name not in self._indexes:
+            raise NotFound(f"index: no index {name!r}")
+        ids, vectors, categories = self.store.page(name, after_item_id, limit)
+        records = [
+            Record(item_id, vectors[i].tolist(), categories[i]) for i, item_id in enumerate(ids)
+        ]
+        return records, ids[-1] if len(ids) == limit else ""
 
     async def _rebuild_if_needed(self, name: str, index: VectorIndex) -> None:
         if index.needs_rebuild():

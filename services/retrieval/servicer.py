@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.indexes import IndexRegistry, ProfileTerm, Record, ReservedSlots
 from services.retrieval.vector_index import Hit
 from shared.convert import filter_from_proto
-from shared.errors import InvalidArgument
+from shared.errors import InvalidArgument, Unavailable
 
 
 def _hits(hits: list[Hit]) -> list[retrieval_pb2.Hit]:
@@ -38,8 +40,16 @@ def _profile_term(term: retrieval_pb2.ProfileTerm) -> ProfileTerm:
 
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
+    """Writes are taken at any time; reads only once the replica has caught up (an
+    UNAVAILABLE read is retried by the caller's channel on another replica)."""
+
     def __init__(self, registry: IndexRegistry) -> None:
         self.registry = registry
+
+    def _readable(self) -> IndexRegistry:
+        if self.registry.catching_up:
+            raise Unavailable("this retrieval replica is catching up from a peer")
+        return self.registry
 
     async def UpsertVectors(
         self, request: retrieval_pb2.UpsertVectorsRequest, context: grpc.aio.ServicerContext
@@ -57,7 +67,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     async def Search(
         self, request: retrieval_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.SearchResponse:
-        hits = self.registry.search(
+        hits = self._readable().search(
             request.index,
             request.vector,
             request.k,
@@ -74,7 +84,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     async def SearchSimilar(
         self, request: retrieval_pb2.SearchSimilarRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.SearchSimilarResponse:
-        hits = self.registry.similar(
+        hits = self._readable().similar(
             request.index, request.item_id, request.k, filter_from_proto(request.filter)
         )
         return retrieval_pb2.SearchSimilarResponse(hits=_hits(hits))
@@ -82,7 +92,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     async def GetIndexStats(
         self, request: retrieval_pb2.GetIndexStatsRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.GetIndexStatsResponse:
-        stats = self.registry.stats(request.index)
+        stats = self._readable().stats(request.index)
         return retrieval_pb2.GetIndexStatsResponse(
             size=stats.size, dimension=stats.dimension, kind=stats.kind, generation=stats.generation
         )
@@ -90,7 +100,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     async def SearchByProfile(
         self, request: retrieval_pb2.SearchByProfileRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.SearchByProfileResponse:
-        hits, found = self.registry.search_by_profile(
+        hits, found = self._readable().search_by_profile(
             request.index,
             [(p.item_id, p.weight) for p in request.profile],
             request.k,
@@ -104,3 +114,29 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         self, request: retrieval_pb2.DropIndexRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.DropIndexResponse:
         return retrieval_pb2.DropIndexResponse(dropped=await self.registry.drop(request.index))
+
+    async def ListIndexes(
+        self, request: retrieval_pb2.ListIndexesRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.ListIndexesResponse:
+        return retrieval_pb2.ListIndexesResponse(
+            indexes=[
+                retrieval_pb2.IndexInfo(name=name, dimension=dimension, size=size)
+                for name, dimension, size in self._readable().listing()
+            ]
+        )
+
+    async def ExportVectors(
+        self, request: retrieval_pb2.ExportVectorsRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.ExportVectorsResponse:
+        records, next_after = await asyncio.to_thread(
+            self._readable().export_page, request.index, request.after_item_id, request.limit
+        )
+        return retrieval_pb2.ExportVectorsResponse(
+            records=[
+                retrieval_pb2.VectorRecord(
+                    item_id=r.item_id, vector=r.vector, categories=r.categories
+                )
+                for r in records
+            ],
+            next_after_item_id=next_after,
+        )

@@ -92,6 +92,33 @@ class VectorStore(SqliteStore):
         vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32)
         return ids, vectors.reshape(len(ids), dimension), categories
 
+    def page(
+        self, index: str, after_item_id: str, limit: int
+    ) -> tuple[list[str], np.ndarray, list[list[str]]]:
+        """Up to `limit` records after `after_item_id`, in item_id order."""
+        with self._lock:
+            found = self._db.execute(
+                "SELECT dimension FROM indexes WHERE name = ?", (index,)
+            ).fetchone()
+            if found is None:
+                return [], np.zeros((0, 0), dtype=np.float32), []
+            rows = self._db.execute(
+                "SELECT item_id, categories, vector FROM vectors"
+                " WHERE index_name = ? AND item_id > ? ORDER BY item_id LIMIT ?",
+                (index, after_item_id, limit),
+            ).fetchall()
+        vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32)
+        return (
+            [r[0] for r in rows],
+            vectors.reshape(len(rows), found[0]),
+            [json.loads(r[1]) for r in rows],
+        )
+
+    def item_ids(self, index: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT item_id FROM vectors WHERE index_name = ?", (index,))
+            return {r[0] for r in rows}
+
     def _generation(self, index: str) -> int:
         row = self._db.execute("SELECT generation FROM indexes WHERE name = ?", (index,)).fetchone()
         return 0 if row is None else int(row[0])

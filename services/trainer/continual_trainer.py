@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from recsys.features.v1 import features_pb2_grpc
-from recsys.retrieval.v1 import retrieval_pb2_grpc
 from services.trainer.checkpoints import Checkpoints, Commit
 from services.trainer.config import TrainerConfig
 from services.trainer.continual_learner import ContinualLearner
@@ -43,6 +42,7 @@ from shared.clients import channel
 from shared.embedding_client import EmbeddingClient
 from shared.events import LoggedEvent
 from shared.model_store import LiveVersion, model_name
+from shared.retrieval_client import ReplicatedRetrieval
 
 log = logging.getLogger(__name__)
 CONTENT_REFRESH_S = 300.0
@@ -61,6 +61,7 @@ class ForgetReport:
 class ContinualTrainer:
     def __init__(self, config: TrainerConfig, retrain: RetrainRunner = retrain_in_thread) -> None:
         self.config = config
+        self.last_retrain_ran_on: tuple[str, int] = ("", 0)  # since this trainer started
         self.job = config.job
         self.store = config.job.store
         self.checkpoints = Checkpoints(config.state_dir, config.keep_checkpoints, self.store)
@@ -89,7 +90,7 @@ class ContinualTrainer:
 
     async def start(self) -> None:
         self._features_channel = channel(self.job.features_address)
-        self._retrieval_channel = channel(self.job.retrieval_address)
+        self._retrieval = ReplicatedRetrieval(self.job.retrieval_address)
         self.features = features_pb2_grpc.FeaturesServiceStub(self._features_channel)
         self.embedding = EmbeddingClient(self.job.embedding_address, timeout_s=30.0)
         self.publication.connect(
@@ -97,7 +98,7 @@ class ContinualTrainer:
                 self.store,
                 self.embedding,
                 self.features,
-                retrieval_pb2_grpc.RetrievalServiceStub(self._retrieval_channel),
+                self._retrieval,
                 PublishSettings(grace_s=self.job.publish.grace_s),
             )
         )
@@ -116,7 +117,7 @@ class ContinualTrainer:
         if self.tuner is not None:
             self.tuner.close()
         await self._features_channel.close()
-        await self._retrieval_channel.close()
+        await self._retrieval.close()
         await self.embedding.close()
 
     async def run(self) -> None:
@@ -345,9 +346,16 @@ class ContinualTrainer:
             result = task.result()
         except Exception as error:
             log.exception("full retrain failed")
-            self.commit.last_gate_decision = f"full retrain failed: {error}"
+            # One line: Ray's errors (a worker node that died) span many.
+            why = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            self.commit.last_gate_decision = f"full retrain failed: {type(error).__name__}: {why}"
             self.checkpoints.write_commit()
             return
+        self.last_retrain_ran_on = (result.node_id, result.pid)
+        log.info(
+            "full retrain finished",
+            extra={"node_id": result.node_id, "pid": result.pid, "seconds": result.seconds},
+        )
         live = self.store.live()
         decision = decide(
             result.candidate,
@@ -514,5 +522,7 @@ class ContinualTrainer:
             "events_learned": learner.accounting.events_learned if learner else 0,
             "offset_sum": learner.accounting.offset_sum if learner else 0,
             "last_full_retrain_reason": self.commit.last_full_retrain_reason,
+            "last_full_retrain_node_id": self.last_retrain_ran_on[0],
+            "last_full_retrain_pid": self.last_retrain_ran_on[1],
             "ranking": self.tuner.status() if self.tuner is not None else {},
         }

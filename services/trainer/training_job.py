@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from recsys.features.v1 import features_pb2_grpc
-from recsys.retrieval.v1 import retrieval_pb2_grpc
 from services.trainer.features_reader import read_training_data
 from services.trainer.model_training import TrainConfig, TrainedModel, save_trained, train
 from services.trainer.publisher import Publisher, PublishReport, PublishSettings
@@ -17,6 +16,7 @@ from shared.clients import channel
 from shared.config import Env, default_address, model_dir
 from shared.embedding_client import EmbeddingClient
 from shared.model_store import ModelStore
+from shared.retrieval_client import ReplicatedRetrieval
 
 log = logging.getLogger(__name__)
 PREFIX = "RECSYS_TRAINER_"
@@ -59,7 +59,7 @@ class JobResult:
 
 async def run_job(config: JobConfig, from_offset: int = 0, publish: bool = True) -> JobResult:
     features_channel = channel(config.features_address)
-    retrieval_channel = channel(config.retrieval_address)
+    retrieval = ReplicatedRetrieval(config.retrieval_address)
     embedding = EmbeddingClient(config.embedding_address, timeout_s=30.0)
     try:
         features = features_pb2_grpc.FeaturesServiceStub(features_channel)
@@ -81,12 +81,12 @@ async def run_job(config: JobConfig, from_offset: int = 0, publish: bool = True)
                 config.store,
                 embedding,
                 features,
-                retrieval_pb2_grpc.RetrievalServiceStub(retrieval_channel),
+                retrieval,
                 config.publish,
             )
             report = await publisher.publish(trained)
         return JobResult(trained, len(events), report)
     finally:
         await features_channel.close()
-        await retrieval_channel.close()
+        await retrieval.close()
         await embedding.close()

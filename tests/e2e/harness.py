@@ -204,9 +204,8 @@ class TrainerProcess:
             RECSYS_TRAINER_PORT=self.address.rsplit(":", 1)[1],
             RECSYS_TRAINER_METRICS_PORT="0",
         )
-        for service in ("FEATURES", "RETRIEVAL", "EMBEDDING"):
-            port = suite.env[f"RECSYS_{service}_PORT"]
-            self.env[f"RECSYS_TRAINER_{service}_ADDRESS"] = f"{HOST}:{port}"
+        for service in ("features", "retrieval", "embedding"):
+            self.env[f"RECSYS_TRAINER_{service.upper()}_ADDRESS"] = suite.address(service)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -60,8 +60,8 @@ def test_launcher_refuses_a_malformed_replica_count(listed: str) -> None:
 def test_launcher_refuses_replicas_of_a_service_that_cannot_have_them_yet(tmp_path: Path) -> None:
     from services.launcher import SuiteSpec
 
-    with pytest.raises(ValueError, match="retrieval cannot run as replicas yet"):
-        SuiteSpec(tmp_path, replicas={"retrieval": 2})
+    with pytest.raises(ValueError, match="features cannot run as replicas yet"):
+        SuiteSpec(tmp_path, replicas={"features": 2})
 
 
 def test_retrieval_config_reads_prefixed_variables() -> None:

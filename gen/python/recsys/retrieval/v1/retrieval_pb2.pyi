@@ -190,3 +190,41 @@ class DropIndexResponse(_message.Message):
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     dropped: bool
     def __init__(self, dropped: _Optional[bool] = ...) -> None: ...
+
+class ListIndexesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class IndexInfo(_message.Message):
+    __slots__ = ("name", "dimension", "size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dimension: int
+    size: int
+    def __init__(self, name: _Optional[str] = ..., dimension: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ListIndexesResponse(_message.Message):
+    __slots__ = ("indexes",)
+    INDEXES_FIELD_NUMBER: _ClassVar[int]
+    indexes: _containers.RepeatedCompositeFieldContainer[IndexInfo]
+    def __init__(self, indexes: _Optional[_Iterable[_Union[IndexInfo, _Mapping]]] = ...) -> None: ...
+
+class ExportVectorsRequest(_message.Message):
+    __slots__ = ("index", "after_item_id", "limit")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    index: str
+    after_item_id: str
+    limit: int
+    def __init__(self, index: _Optional[str] = ..., after_item_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ExportVectorsResponse(_message.Message):
+    __slots__ = ("records", "next_after_item_id")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[VectorRecord]
+    next_after_item_id: str
+    def __init__(self, records: _Optional[_Iterable[_Union[VectorRecord, _Mapping]]] = ..., next_after_item_id: _Optional[str] = ...) -> None: ...

@@ -69,6 +69,16 @@ class RetrievalServiceStub:
                 request_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.DropIndexRequest.SerializeToString,
                 response_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.DropIndexResponse.FromString,
                 _registered_method=True)
+        self.ListIndexes = channel.unary_unary(
+                '/recsys.retrieval.v1.RetrievalService/ListIndexes',
+                request_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.ListIndexesRequest.SerializeToString,
+                response_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.ListIndexesResponse.FromString,
+                _registered_method=True)
+        self.ExportVectors = channel.unary_unary(
+                '/recsys.retrieval.v1.RetrievalService/ExportVectors',
+                request_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.ExportVectorsRequest.SerializeToString,
+                response_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.ExportVectorsResponse.FromString,
+                _registered_method=True)
 
 
 class RetrievalServiceServicer:
@@ -121,6 +131,19 @@ class RetrievalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListIndexes(self, request, context):
+        """What a replica starting up copies from a serving one (services/retrieval/catch_up.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportVectors(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrievalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +181,16 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     servicer.DropIndex,
                     request_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.DropIndexRequest.FromString,
                     response_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.DropIndexResponse.SerializeToString,
+            ),
+            'ListIndexes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIndexes,
+                    request_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.ListIndexesRequest.FromString,
+                    response_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.ListIndexesResponse.SerializeToString,
+            ),
+            'ExportVectors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportVectors,
+                    request_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.ExportVectorsRequest.FromString,
+                    response_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.ExportVectorsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -349,6 +382,60 @@ class RetrievalService:
             '/recsys.retrieval.v1.RetrievalService/DropIndex',
             recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.DropIndexRequest.SerializeToString,
             recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.DropIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIndexes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.retrieval.v1.RetrievalService/ListIndexes',
+            recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.ListIndexesRequest.SerializeToString,
+            recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.ListIndexesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportVectors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.retrieval.v1.RetrievalService/ExportVectors',
+            recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.ExportVectorsRequest.SerializeToString,
+            recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.ExportVectorsResponse.FromString,
             options,
             channel_credentials,
             insecure,
