@@ -5,6 +5,7 @@ catalogue from the features service and the live version from the model store.""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,6 +52,8 @@ class RetrainResult:
     events: int
     seconds: float
     reason: str
+    node_id: str = ""  # the Ray node that ran it ("" outside Ray)
+    pid: int = 0  # and the worker process there
 
 
 async def _read(address: str) -> tuple[list[LoggedEvent], dict[str, np.ndarray]]:
@@ -116,4 +119,12 @@ def full_retrain(request: RetrainRequest) -> RetrainResult:
         len(events),
         time.monotonic() - started,
         request.reason,
+        *_where(),
     )
+
+
+def _where() -> tuple[str, int]:
+    import ray  # only where Ray runs it; the thread runner and tests need no Ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    return node, os.getpid()

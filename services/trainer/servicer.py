@@ -47,6 +47,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             events_learned=status["events_learned"],
             previous_version=status["previous_version"],
             last_full_retrain_reason=status["last_full_retrain_reason"],
+            last_full_retrain_node_id=status["last_full_retrain_node_id"],
+            last_full_retrain_pid=status["last_full_retrain_pid"],
             ray_address=self.ray_address,
             learned_offset_sum=status["offset_sum"],
         )

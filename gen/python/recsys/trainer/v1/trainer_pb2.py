@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frecsys/trainer/v1/trainer.proto\x12\x11recsys.trainer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x8e\x01\n\x12\x46orgetUserResponse\x12\x17\n\x0fmodel_knew_user\x18\x01 \x01(\x08\x12\x1e\n\x16replay_samples_deleted\x18\x02 \x01(\x03\x12 \n\x18model_versions_rewritten\x18\x03 \x01(\x05\x12\x1d\n\x15\x63heckpoints_rewritten\x18\x04 \x01(\x05\"\x12\n\x10GetStatusRequest\"\xba\x05\n\x11GetStatusResponse\x12\x14\n\x0clive_version\x18\x01 \x01(\t\x12\x16\n\x0etrained_offset\x18\x02 \x01(\x03\x12\x16\n\x0elog_end_offset\x18\x03 \x01(\x03\x12\x30\n\x0clast_publish\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12K\n\x0clive_metrics\x18\x05 \x03(\x0b\x32\x35.recsys.trainer.v1.GetStatusResponse.LiveMetricsEntry\x12\x1a\n\x12last_gate_decision\x18\x06 \x01(\t\x12\x1b\n\x13live_trained_offset\x18\x07 \x01(\x03\x12\r\n\x05state\x18\x08 \x01(\t\x12\x1c\n\x14\x66ull_retrain_running\x18\t \x01(\x08\x12\x16\n\x0e\x65vents_learned\x18\n \x01(\x03\x12\x18\n\x10previous_version\x18\x0b \x01(\t\x12 \n\x18last_full_retrain_reason\x18\x0c \x01(\t\x12\x13\n\x0bray_address\x18\r \x01(\t\x12\x1a\n\x12learned_offset_sum\x18\x0e \x01(\x03\x12S\n\x10ranking_settings\x18\x0f \x03(\x0b\x32\x39.recsys.trainer.v1.GetStatusResponse.RankingSettingsEntry\x12\x17\n\x0franking_changes\x18\x10 \x01(\x03\x12\x1b\n\x13last_ranking_change\x18\x11 \x01(\t\x1a\x32\n\x10LiveMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x36\n\x14RankingSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"=\n\x15TriggerRetrainRequest\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\x16\n\x0eshuffle_labels\x18\x02 \x01(\x08\")\n\x16TriggerRetrainResponse\x12\x0f\n\x07started\x18\x01 \x01(\x08\"<\n\x17WaitUntilTrainedRequest\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"^\n\x18WaitUntilTrainedResponse\x12\x0f\n\x07reached\x18\x01 \x01(\x08\x12\x14\n\x0clive_version\x18\x02 \x01(\t\x12\x1b\n\x13live_trained_offset\x18\x03 \x01(\x03\"\x11\n\x0fRollbackRequest\"B\n\x10RollbackResponse\x12\x14\n\x0clive_version\x18\x01 \x01(\t\x12\x18\n\x10rolled_back_from\x18\x02 \x01(\t2\xec\x03\n\x0eTrainerService\x12V\n\tGetStatus\x12#.recsys.trainer.v1.GetStatusRequest\x1a$.recsys.trainer.v1.GetStatusResponse\x12\x65\n\x0eTriggerRetrain\x12(.recsys.trainer.v1.TriggerRetrainRequest\x1a).recsys.trainer.v1.TriggerRetrainResponse\x12k\n\x10WaitUntilTrained\x12*.recsys.trainer.v1.WaitUntilTrainedRequest\x1a+.recsys.trainer.v1.WaitUntilTrainedResponse\x12S\n\x08Rollback\x12\".recsys.trainer.v1.RollbackRequest\x1a#.recsys.trainer.v1.RollbackResponse\x12Y\n\nForgetUser\x12$.recsys.trainer.v1.ForgetUserRequest\x1a%.recsys.trainer.v1.ForgetUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frecsys/trainer/v1/trainer.proto\x12\x11recsys.trainer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"$\n\x11\x46orgetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x8e\x01\n\x12\x46orgetUserResponse\x12\x17\n\x0fmodel_knew_user\x18\x01 \x01(\x08\x12\x1e\n\x16replay_samples_deleted\x18\x02 \x01(\x03\x12 \n\x18model_versions_rewritten\x18\x03 \x01(\x05\x12\x1d\n\x15\x63heckpoints_rewritten\x18\x04 \x01(\x05\"\x12\n\x10GetStatusRequest\"\xfc\x05\n\x11GetStatusResponse\x12\x14\n\x0clive_version\x18\x01 \x01(\t\x12\x16\n\x0etrained_offset\x18\x02 \x01(\x03\x12\x16\n\x0elog_end_offset\x18\x03 \x01(\x03\x12\x30\n\x0clast_publish\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12K\n\x0clive_metrics\x18\x05 \x03(\x0b\x32\x35.recsys.trainer.v1.GetStatusResponse.LiveMetricsEntry\x12\x1a\n\x12last_gate_decision\x18\x06 \x01(\t\x12\x1b\n\x13live_trained_offset\x18\x07 \x01(\x03\x12\r\n\x05state\x18\x08 \x01(\t\x12\x1c\n\x14\x66ull_retrain_running\x18\t \x01(\x08\x12\x16\n\x0e\x65vents_learned\x18\n \x01(\x03\x12\x18\n\x10previous_version\x18\x0b \x01(\t\x12 \n\x18last_full_retrain_reason\x18\x0c \x01(\t\x12\x13\n\x0bray_address\x18\r \x01(\t\x12\x1a\n\x12learned_offset_sum\x18\x0e \x01(\x03\x12S\n\x10ranking_settings\x18\x0f \x03(\x0b\x32\x39.recsys.trainer.v1.GetStatusResponse.RankingSettingsEntry\x12\x17\n\x0franking_changes\x18\x10 \x01(\x03\x12\x1b\n\x13last_ranking_change\x18\x11 \x01(\t\x12!\n\x19last_full_retrain_node_id\x18\x12 \x01(\t\x12\x1d\n\x15last_full_retrain_pid\x18\x13 \x01(\x03\x1a\x32\n\x10LiveMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x36\n\x14RankingSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"=\n\x15TriggerRetrainRequest\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12\x16\n\x0eshuffle_labels\x18\x02 \x01(\x08\")\n\x16TriggerRetrainResponse\x12\x0f\n\x07started\x18\x01 \x01(\x08\"<\n\x17WaitUntilTrainedRequest\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"^\n\x18WaitUntilTrainedResponse\x12\x0f\n\x07reached\x18\x01 \x01(\x08\x12\x14\n\x0clive_version\x18\x02 \x01(\t\x12\x1b\n\x13live_trained_offset\x18\x03 \x01(\x03\"\x11\n\x0fRollbackRequest\"B\n\x10RollbackResponse\x12\x14\n\x0clive_version\x18\x01 \x01(\t\x12\x18\n\x10rolled_back_from\x18\x02 \x01(\t2\xec\x03\n\x0eTrainerService\x12V\n\tGetStatus\x12#.recsys.trainer.v1.GetStatusRequest\x1a$.recsys.trainer.v1.GetStatusResponse\x12\x65\n\x0eTriggerRetrain\x12(.recsys.trainer.v1.TriggerRetrainRequest\x1a).recsys.trainer.v1.TriggerRetrainResponse\x12k\n\x10WaitUntilTrained\x12*.recsys.trainer.v1.WaitUntilTrainedRequest\x1a+.recsys.trainer.v1.WaitUntilTrainedResponse\x12S\n\x08Rollback\x12\".recsys.trainer.v1.RollbackRequest\x1a#.recsys.trainer.v1.RollbackResponse\x12Y\n\nForgetUser\x12$.recsys.trainer.v1.ForgetUserRequest\x1a%.recsys.trainer.v1.ForgetUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,23 +43,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_start=270
   _globals['_GETSTATUSREQUEST']._serialized_end=288
   _globals['_GETSTATUSRESPONSE']._serialized_start=291
-  _globals['_GETSTATUSRESPONSE']._serialized_end=989
-  _globals['_GETSTATUSRESPONSE_LIVEMETRICSENTRY']._serialized_start=883
-  _globals['_GETSTATUSRESPONSE_LIVEMETRICSENTRY']._serialized_end=933
-  _globals['_GETSTATUSRESPONSE_RANKINGSETTINGSENTRY']._serialized_start=935
-  _globals['_GETSTATUSRESPONSE_RANKINGSETTINGSENTRY']._serialized_end=989
-  _globals['_TRIGGERRETRAINREQUEST']._serialized_start=991
-  _globals['_TRIGGERRETRAINREQUEST']._serialized_end=1052
-  _globals['_TRIGGERRETRAINRESPONSE']._serialized_start=1054
-  _globals['_TRIGGERRETRAINRESPONSE']._serialized_end=1095
-  _globals['_WAITUNTILTRAINEDREQUEST']._serialized_start=1097
-  _globals['_WAITUNTILTRAINEDREQUEST']._serialized_end=1157
-  _globals['_WAITUNTILTRAINEDRESPONSE']._serialized_start=1159
-  _globals['_WAITUNTILTRAINEDRESPONSE']._serialized_end=1253
-  _globals['_ROLLBACKREQUEST']._serialized_start=1255
-  _globals['_ROLLBACKREQUEST']._serialized_end=1272
-  _globals['_ROLLBACKRESPONSE']._serialized_start=1274
-  _globals['_ROLLBACKRESPONSE']._serialized_end=1340
-  _globals['_TRAINERSERVICE']._serialized_start=1343
-  _globals['_TRAINERSERVICE']._serialized_end=1835
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1055
+  _globals['_GETSTATUSRESPONSE_LIVEMETRICSENTRY']._serialized_start=949
+  _globals['_GETSTATUSRESPONSE_LIVEMETRICSENTRY']._serialized_end=999
+  _globals['_GETSTATUSRESPONSE_RANKINGSETTINGSENTRY']._serialized_start=1001
+  _globals['_GETSTATUSRESPONSE_RANKINGSETTINGSENTRY']._serialized_end=1055
+  _globals['_TRIGGERRETRAINREQUEST']._serialized_start=1057
+  _globals['_TRIGGERRETRAINREQUEST']._serialized_end=1118
+  _globals['_TRIGGERRETRAINRESPONSE']._serialized_start=1120
+  _globals['_TRIGGERRETRAINRESPONSE']._serialized_end=1161
+  _globals['_WAITUNTILTRAINEDREQUEST']._serialized_start=1163
+  _globals['_WAITUNTILTRAINEDREQUEST']._serialized_end=1223
+  _globals['_WAITUNTILTRAINEDRESPONSE']._serialized_start=1225
+  _globals['_WAITUNTILTRAINEDRESPONSE']._serialized_end=1319
+  _globals['_ROLLBACKREQUEST']._serialized_start=1321
+  _globals['_ROLLBACKREQUEST']._serialized_end=1338
+  _globals['_ROLLBACKRESPONSE']._serialized_start=1340
+  _globals['_ROLLBACKRESPONSE']._serialized_end=1406
+  _globals['_TRAINERSERVICE']._serialized_start=1409
+  _globals['_TRAINERSERVICE']._serialized_end=1901
 # @@protoc_insertion_point(module_scope)

@@ -32,7 +32,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("live_version", "trained_offset", "log_end_offset", "last_publish", "live_metrics", "last_gate_decision", "live_trained_offset", "state", "full_retrain_running", "events_learned", "previous_version", "last_full_retrain_reason", "ray_address", "learned_offset_sum", "ranking_settings", "ranking_changes", "last_ranking_change")
+    __slots__ = ("live_version", "trained_offset", "log_end_offset", "last_publish", "live_metrics", "last_gate_decision", "live_trained_offset", "state", "full_retrain_running", "events_learned", "previous_version", "last_full_retrain_reason", "ray_address", "learned_offset_sum", "ranking_settings", "ranking_changes", "last_ranking_change", "last_full_retrain_node_id", "last_full_retrain_pid")
     class LiveMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,8 @@ class GetStatusResponse(_message.Message):
     RANKING_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     RANKING_CHANGES_FIELD_NUMBER: _ClassVar[int]
     LAST_RANKING_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    LAST_FULL_RETRAIN_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_FULL_RETRAIN_PID_FIELD_NUMBER: _ClassVar[int]
     live_version: str
     trained_offset: int
     log_end_offset: int
@@ -81,7 +83,9 @@ class GetStatusResponse(_message.Message):
     ranking_settings: _containers.ScalarMap[str, float]
     ranking_changes: int
     last_ranking_change: str
-    def __init__(self, live_version: _Optional[str] = ..., trained_offset: _Optional[int] = ..., log_end_offset: _Optional[int] = ..., last_publish: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live_metrics: _Optional[_Mapping[str, float]] = ..., last_gate_decision: _Optional[str] = ..., live_trained_offset: _Optional[int] = ..., state: _Optional[str] = ..., full_retrain_running: _Optional[bool] = ..., events_learned: _Optional[int] = ..., previous_version: _Optional[str] = ..., last_full_retrain_reason: _Optional[str] = ..., ray_address: _Optional[str] = ..., learned_offset_sum: _Optional[int] = ..., ranking_settings: _Optional[_Mapping[str, float]] = ..., ranking_changes: _Optional[int] = ..., last_ranking_change: _Optional[str] = ...) -> None: ...
+    last_full_retrain_node_id: str
+    last_full_retrain_pid: int
+    def __init__(self, live_version: _Optional[str] = ..., trained_offset: _Optional[int] = ..., log_end_offset: _Optional[int] = ..., last_publish: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live_metrics: _Optional[_Mapping[str, float]] = ..., last_gate_decision: _Optional[str] = ..., live_trained_offset: _Optional[int] = ..., state: _Optional[str] = ..., full_retrain_running: _Optional[bool] = ..., events_learned: _Optional[int] = ..., previous_version: _Optional[str] = ..., last_full_retrain_reason: _Optional[str] = ..., ray_address: _Optional[str] = ..., learned_offset_sum: _Optional[int] = ..., ranking_settings: _Optional[_Mapping[str, float]] = ..., ranking_changes: _Optional[int] = ..., last_ranking_change: _Optional[str] = ..., last_full_retrain_node_id: _Optional[str] = ..., last_full_retrain_pid: _Optional[int] = ...) -> None: ...
 
 class TriggerRetrainRequest(_message.Message):
     __slots__ = ("full", "shuffle_labels")
