@@ -23,6 +23,7 @@ import faiss
 
 from bench.events import bench_events
 from bench.model import bench_model
+from bench.replicas import bench_replicas
 from bench.similar_items import bench_similar_items
 from bench.timing import CALLER_COUNTS, print_log_tails
 from bench.trainer import bench_trainer
@@ -34,12 +35,15 @@ LOOPBACK = "127.0.0.1"
 REPORT_PATH = PROJECT_ROOT / "reports" / "bench.json"
 
 
-PARTS = ("suite", "trainer")  # the suite without the trainer; the trainer on its own suite
+# The suite without the trainer; the trainer on its own suite; one and two replicas of each.
+PARTS = ("suite", "trainer", "replicas")
 TRAINER_REPORT_PATH = PROJECT_ROOT / "reports" / "bench_trainer.json"
+REPLICAS_REPORT_PATH = PROJECT_ROOT / "reports" / "bench_replicas.json"
 
 
 def run_bench(requests: int = 2000, only: str | None = None) -> int:
-    """Every part, or `only` one of PARTS (the trainer part alone writes its own report)."""
+    """Every part, or `only` one of PARTS (the trainer and replicas parts alone write
+    reports of their own)."""
     if requests < max(CALLER_COUNTS):
         print(f"recsys bench: --requests must be at least {max(CALLER_COUNTS)}", file=sys.stderr)
         return 2
@@ -57,7 +61,11 @@ def run_bench(requests: int = 2000, only: str | None = None) -> int:
         if trainer_report is None:
             return 1
         report["trainer"] = trainer_report
-    path = TRAINER_REPORT_PATH if only == "trainer" else REPORT_PATH
+    if only in (None, "replicas"):
+        report.update(bench_replicas(movies, requests))
+    path = {"trainer": TRAINER_REPORT_PATH, "replicas": REPLICAS_REPORT_PATH}.get(
+        only or "", REPORT_PATH
+    )
     print(f"Results written to {write_report(report, path)}")
     return 0
 

@@ -93,18 +93,24 @@ class EmbeddingClient:
     async def _on_every_replica(
         self, what: str, call: Callable[[InferenceServerClient], Awaitable[T]]
     ) -> list[T]:
-        """`call` on each replica the address names now; those that are down are left out
-        (logged), and none reachable is EmbeddingUnavailable."""
+        """`call` on each replica the address names now, all at once; those that are down
+        are left out (logged), and none reachable is EmbeddingUnavailable."""
         endpoints = await asyncio.to_thread(self._target.endpoints)
+        outcomes = await asyncio.gather(
+            *(call(self._replica(e)) for e in endpoints), return_exceptions=True
+        )
         answers: list[T] = []
         down: list[str] = []
-        for endpoint in endpoints:
-            try:
-                answers.append(await call(self._replica(endpoint)))
-            except InferenceServerException as error:
-                if str(error.status()) != "StatusCode.UNAVAILABLE":
-                    raise
+        for endpoint, outcome in zip(endpoints, outcomes, strict=True):
+            if not isinstance(outcome, BaseException):
+                answers.append(outcome)
+            elif (
+                isinstance(outcome, InferenceServerException)
+                and str(outcome.status()) == "StatusCode.UNAVAILABLE"
+            ):
                 down.append(endpoint)
+            else:
+                raise outcome
         if down:
             log.warning("Triton replicas down, left out", extra={"what": what, "down": down})
         if not answers:

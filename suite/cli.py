@@ -98,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--requests", type=int, default=2000, help="SimilarItems calls per run")
     bench.add_argument(
         "--only",
-        choices=("suite", "trainer"),
+        choices=("suite", "trainer", "replicas"),  # bench.run.PARTS, not imported: heavy
         default=None,
-        help="run one part: the suite without the trainer, or the continual trainer's"
-        " (memory, freshness, publish, learning); default: both",
+        help="run one part: the suite without the trainer, the continual trainer's"
+        " (memory, freshness, publish, learning), or one against two replicas of the"
+        " gateway, Triton and retrieval; default: all",
     )
     evaluation = commands.add_parser(
         "eval", help="replay timestamped interactions through the API and report quality"
