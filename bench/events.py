@@ -243,13 +243,14 @@ def measure_recommend(
     requests: int,
     draw: random.Random,
     service_pids: Mapping[str, int],
+    caller_counts: Sequence[int] = CALLER_COUNTS,
 ) -> RecommendResult:
     """Each run also reads the CPU time every service (by its process id) spent."""
     user_ids = draw.choices(users, k=requests)
     warmup_ids = draw.choices(users, k=WARMUP_CALLS)
     profiled = from_profile(address, user_ids[:FALLBACK_SAMPLE])
     runs = []
-    for callers in CALLER_COUNTS:
+    for callers in caller_counts:
         print(f"Recommend with {callers} caller(s) ...", flush=True)
         before = cpu_reading(service_pids)
         stats = run_callers(lambda: RecommendCaller(address), user_ids, warmup_ids, callers)

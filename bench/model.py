@@ -602,7 +602,9 @@ def bench_model(
     recommend = measure_model_recommend(address, users, content, model.name, service_pids)
     print_model_recommend(recommend, model.name)
     sample = sorted(set(random.Random(SEED).choices(users, k=SAME_LIST_SAMPLE)))
-    yardstick = measure_in_process(spec, users, content.requests, suite_lists(address, sample))
+    yardstick = measure_in_process(
+        spec, users, content.requests, suite_lists(address, sample), address, service_pids
+    )
     print_yardstick(yardstick, content, recommend.model, model.name, AIM_RECOMMEND_CALLERS)
     print(f"Model part: {time.perf_counter() - started:.0f} s")
     report = build_model_report(published, towers, recommend)
@@ -631,5 +633,8 @@ def yardstick_report(
             for run, suite in ((yardstick.content, content), (yardstick.model, model))
             for run_callers in suite.runs
         },
+        "paired_rounds": [{**asdict(r), "ratio": r.ratio} for r in yardstick.rounds],
+        "paired_median_ratio": yardstick.median_ratio,
         "aim_ratio_at_most": AIM_RATIO,
+        "aim_met": yardstick.median_ratio <= AIM_RATIO,
     }
