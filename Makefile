@@ -4,9 +4,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# checkov, for the manifests' and Dockerfile's security scan, in a virtual environment of its
+# own: its pins (packaging, boto3, ...) would fight the suite's.
+CHECKOV_VENV := $(VENV)/tools/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up demo test test-fast bench eval eval-continual protos lint check clean
+.PHONY: help setup up demo test test-fast bench eval eval-continual protos lint check images clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -19,7 +23,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP) ## Create the virtual environment and install everything (idempotent)
+$(CHECKOV_STAMP): tools/checkov-requirements.txt $(STAMP)
+	$(PY) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r tools/checkov-requirements.txt
+	touch $(CHECKOV_STAMP)
+
+setup: $(STAMP) $(CHECKOV_STAMP) ## Create the virtual environment and install everything (idempotent)
 
 up: setup ## Start every service on loopback in the foreground (Ctrl-C stops them)
 	$(VENV)/bin/recsys up
@@ -56,6 +65,19 @@ lint: setup ## Lint protos and Python
 
 check: lint ## Lint and type-check
 	$(VENV)/bin/mypy shared services suite bench evaluation
+
+# The images of k8s/: one Dockerfile target each, tagged $(IMAGE_PREFIX)<target>:$(IMAGE_TAG).
+CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
+IMAGE_PREFIX ?= recsys-
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_TARGETS := gateway features retrieval embedding trainer trainer-gpu
+
+images: ## Build every service's image with docker or podman (IMAGE_PREFIX, IMAGE_TAG)
+	@test -n "$(CONTAINER_ENGINE)" || { echo "make images: no docker or podman on this machine"; exit 1; }
+	for target in $(IMAGE_TARGETS); do \
+	  DOCKER_BUILDKIT=1 $(CONTAINER_ENGINE) build --target $$target \
+	    --tag $(IMAGE_PREFIX)$$target:$(IMAGE_TAG) . || exit 1; \
+	done
 
 clean: ## Remove the virtual environment and local service data
 	rm -rf $(VENV) var

@@ -122,6 +122,30 @@ class Env:
         return self.address(name, default)
 
 
+# The key name of Triton's restricted model-control API (--grpc-restricted-protocol); a
+# gRPC client sends it as the metadata `triton-grpc-protocol-<name>`.
+CONTROL_KEY_HEADER = "recsys-model-control-key"
+
+
+def triton_control_key(environ: Mapping[str, str] | None = None) -> str:
+    """The key that Triton's model-control API asks for (RECSYS_TRITON_CONTROL_KEY_FILE, a
+    file such as a mounted Secret, read at start): the embedding service makes Triton
+    refuse loads and unloads without it, and the trainer sends it. "" (no file named):
+    the API is open, as on loopback by default."""
+    path = Env("RECSYS_", environ).string("TRITON_CONTROL_KEY_FILE", "")
+    if not path:
+        return ""
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as error:
+        raise ConfigError(f"RECSYS_TRITON_CONTROL_KEY_FILE={path!r}: {error.strerror}") from None
+    if not key or not all(c.isalnum() or c in "-_." for c in key):
+        raise ConfigError(
+            f"RECSYS_TRITON_CONTROL_KEY_FILE={path!r}: the key must be letters, digits, - _ ."
+        )
+    return key
+
+
 def data_root(environ: Mapping[str, str] | None = None) -> Path:
     """The suite-wide data directory (RECSYS_DATA_DIR), under which each service has a folder."""
     return Env("RECSYS_", environ).path("DATA_DIR", Path(DEFAULT_DATA_DIR))

@@ -28,6 +28,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from shared.clients import OPTIONS
+from shared.config import CONTROL_KEY_HEADER
 from shared.targets import Target
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,20 @@ def _input(name: str, values: np.ndarray, datatype: str) -> InferInput:
     return tensor
 
 
+def _down(error: BaseException) -> bool:
+    """Whether a replica's error means it is down. Triton also answers UNAVAILABLE when a
+    call lacks the model-control key (`This protocol is restricted ...`): a refusal."""
+    return (
+        isinstance(error, InferenceServerException)
+        and str(error.status()) == "StatusCode.UNAVAILABLE"
+        and "restricted" not in (error.message() or "")
+    )
+
+
 class EmbeddingClient:
-    """Build it inside the running event loop (it owns a grpc.aio channel)."""
+    """Build it inside the running event loop (it owns a grpc.aio channel). `control_key`:
+    what loads and unloads send when Triton restricts its model-control API
+    (shared/config.triton_control_key)."""
 
     def __init__(
         self,
@@ -64,8 +77,12 @@ class EmbeddingClient:
         timeout_s: float = 1.0,
         attempts: int = 3,
         backoff_s: float = 0.01,
+        control_key: str = "",
     ) -> None:
         self.address = address
+        self._control = (
+            {f"triton-grpc-protocol-{CONTROL_KEY_HEADER}": control_key} if control_key else None
+        )
         self.timeout_s = timeout_s
         self.attempts = attempts
         self.backoff_s = backoff_s
@@ -104,10 +121,7 @@ class EmbeddingClient:
         for endpoint, outcome in zip(endpoints, outcomes, strict=True):
             if not isinstance(outcome, BaseException):
                 answers.append(outcome)
-            elif (
-                isinstance(outcome, InferenceServerException)
-                and str(outcome.status()) == "StatusCode.UNAVAILABLE"
-            ):
+            elif _down(outcome):
                 down.append(endpoint)
             else:
                 raise outcome
@@ -170,12 +184,18 @@ class EmbeddingClient:
     async def load(self, model: str, timeout_s: float = 300.0) -> None:
         """(Re)loads a model with the versions its config lists now, on every replica."""
         await self._on_every_replica(
-            f"load {model}", lambda client: client.load_model(model, client_timeout=timeout_s)
+            f"load {model}",
+            lambda client: client.load_model(
+                model, headers=self._control, client_timeout=timeout_s
+            ),
         )
 
     async def unload(self, model: str, timeout_s: float = 60.0) -> None:
         await self._on_every_replica(
-            f"unload {model}", lambda client: client.unload_model(model, client_timeout=timeout_s)
+            f"unload {model}",
+            lambda client: client.unload_model(
+                model, headers=self._control, client_timeout=timeout_s
+            ),
         )
 
     async def max_batch(self, model: str, timeout_s: float | None = None) -> int:

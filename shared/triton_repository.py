@@ -28,6 +28,7 @@ TOWERS = ("user_tower", "item_tower")
 MODEL_FILE = "model.pt"
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 Variant = Literal["python", "pytorch_libtorch"]
+VARIANTS: tuple[Variant, ...] = ("python", "pytorch_libtorch")
 
 
 class TensorLike(Protocol):
@@ -54,6 +55,10 @@ class Serving:
     max_batch_size: int = 256
     queue_delay_us: int = 200
     instances: int = 1
+
+
+# A GPU takes bigger batches than the CPU here, and waits less for them to form.
+GPU_SERVING = Serving(max_batch_size=1024, queue_delay_us=100, instances=1)
 
 
 def _data_type(spec: TensorLike) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.embedding.config import EmbeddingConfig
+from shared.config import CONTROL_KEY_HEADER
 
 
 class TritonUnavailable(RuntimeError):
@@ -118,7 +119,6 @@ def server_command(config: EmbeddingConfig, environ: dict[str, str] | None = Non
         f"--cache-directory={tree / 'caches'}",
         f"--grpc-address={config.host}",
         f"--grpc-port={config.port}",
-        "--allow-http=false",
         f"--exit-timeout-secs={max(1, int(config.grace_s))}",
         # Readiness that matters is per model version (the client asks for it); a version
         # that fails to load must not stop the server or the versions that did load.
@@ -131,6 +131,20 @@ def server_command(config: EmbeddingConfig, environ: dict[str, str] | None = Non
         # Several servers on one machine (tests, benchmarks) must not share memory regions.
         f"--backend-config=python,shm-region-prefix-name=recsys_{config.port}_{os.getpid()}_",
     ]
+    restricted = f"model-repository:{CONTROL_KEY_HEADER}={config.control_key}"
+    if config.control_key:
+        # Loads and unloads only with the key (the trainer's); inference and health stay open.
+        argv.append(f"--grpc-restricted-protocol={restricted}")
+    if config.http_port:
+        argv += [
+            "--allow-http=true",
+            f"--http-address={config.host}",
+            f"--http-port={config.http_port}",
+        ]
+        if config.control_key:
+            argv.append(f"--http-restricted-api={restricted}")
+    else:
+        argv.append("--allow-http=false")
     if config.metrics_port:
         argv += [
             "--allow-metrics=true",

@@ -9,6 +9,7 @@ from typing import Any
 import ray
 
 from recsys.trainer.v1 import trainer_pb2_grpc
+from services.trainer import metrics
 from services.trainer.config import TrainerConfig
 from services.trainer.ray_runtime import create_actor, start_ray
 from services.trainer.servicer import TrainerServicer
@@ -33,6 +34,7 @@ class _Actor:
 
 def build(config: TrainerConfig) -> GrpcService:
     actor = _Actor()
+    following: list[asyncio.Task[None]] = []
     binding = ServiceBinding(
         SERVICE_NAME,
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
@@ -44,8 +46,10 @@ def build(config: TrainerConfig) -> GrpcService:
         actor.handle = await asyncio.to_thread(create_actor, config)
         await actor.handle.start.remote()
         log.info("trainer actor started", extra={"ray": config.ray_address or "in-process"})
+        following.append(asyncio.create_task(metrics.follow(lambda: actor.handle.status.remote())))
 
     async def shutdown() -> None:
+        await metrics.stop(following[0] if following else None)
         if actor.handle is not None:
             try:
                 await asyncio.wait_for(actor.handle.stop.remote(), timeout=120)

@@ -34,7 +34,7 @@ from services.trainer.full_retrain import RetrainResult
 from services.trainer.gate import GateDecision, decide
 from services.trainer.model_training import TrainedModel, forget_users, load_trained
 from services.trainer.publication import Publication
-from services.trainer.publisher import Publisher, PublishSettings
+from services.trainer.publisher import Publisher
 from services.trainer.ranking_tuner import RankingTuner, tuned_values
 from services.trainer.retrain_schedule import RetrainRunner, RetrainSchedule, retrain_in_thread
 from shared.batching import Batched
@@ -92,14 +92,16 @@ class ContinualTrainer:
         self._features_channel = channel(self.job.features_address)
         self._retrieval = ReplicatedRetrieval(self.job.retrieval_address)
         self.features = features_pb2_grpc.FeaturesServiceStub(self._features_channel)
-        self.embedding = EmbeddingClient(self.job.embedding_address, timeout_s=30.0)
+        self.embedding = EmbeddingClient(
+            self.job.embedding_address, timeout_s=30.0, control_key=self.job.triton_control_key
+        )
         self.publication.connect(
             Publisher(
                 self.store,
                 self.embedding,
                 self.features,
                 self._retrieval,
-                PublishSettings(grace_s=self.job.publish.grace_s),
+                self.job.publish,
             )
         )
         await self._restore()
@@ -519,6 +521,7 @@ class ContinualTrainer:
             "live_trained_offset": live.trained_through_offset if live else 0,
             "state": self._state_name(),
             "full_retrain_running": self.retrains.running,
+            "gate_rejections_in_a_row": self.retrains.rejections,
             "events_learned": learner.accounting.events_learned if learner else 0,
             "offset_sum": learner.accounting.offset_sum if learner else 0,
             "last_full_retrain_reason": self.commit.last_full_retrain_reason,

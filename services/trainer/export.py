@@ -10,10 +10,7 @@ from pathlib import Path
 from services.trainer.model_training import load_trained
 from services.trainer.two_tower import export_towers, tower_io
 from shared.model_store import ModelStore
-from shared.triton_repository import TOWERS, Repository, Serving
-
-# A GPU takes bigger batches than the CPU here, and waits less for them to form.
-GPU_SERVING = Serving(max_batch_size=1024, queue_delay_us=100, instances=1)
+from shared.triton_repository import GPU_SERVING, TOWERS, Repository, Serving
 
 
 def export_repository(

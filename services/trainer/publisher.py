@@ -34,7 +34,7 @@ from services.trainer.model_training import (
 from services.trainer.two_tower import Vocabulary, export_towers, tower_io
 from shared.embedding_client import EmbeddingClient
 from shared.model_store import LiveVersion, ModelStore, index_categories, model_name
-from shared.triton_repository import TOWERS, Repository
+from shared.triton_repository import GPU_SERVING, TOWERS, Repository, Serving, Variant
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,10 @@ class PublishSettings:
     keep_previous: bool = True
     load_timeout_s: float = 300.0
     call_timeout_s: float = 30.0
+    # What Triton runs the towers with: "python", the bundled server's Python backend on CPU
+    # (the local default), or "pytorch_libtorch", the official image's PyTorch backend on
+    # GPUs (RECSYS_TRAINER_TRITON_PLATFORM; k8s/overlays/gpu).
+    triton_variant: Variant = "python"
 
 
 @dataclass
@@ -80,7 +84,11 @@ class Publisher:
         self.features = features
         self.retrieval = retrieval
         self.settings = settings
-        self.repository = Repository(store.repository)
+        self.repository = Repository(
+            store.repository,
+            variant=settings.triton_variant,
+            serving=GPU_SERVING if settings.triton_variant == "pytorch_libtorch" else Serving(),
+        )
 
     async def publish(self, trained: TrainedModel, retire: bool = True) -> PublishReport:
         started = time.monotonic()

@@ -13,10 +13,11 @@ from services.trainer.features_reader import read_training_data
 from services.trainer.model_training import TrainConfig, TrainedModel, save_trained, train
 from services.trainer.publisher import Publisher, PublishReport, PublishSettings
 from shared.clients import channel
-from shared.config import Env, default_address, model_dir
+from shared.config import ConfigError, Env, default_address, model_dir, triton_control_key
 from shared.embedding_client import EmbeddingClient
 from shared.model_store import ModelStore
 from shared.retrieval_client import ReplicatedRetrieval
+from shared.triton_repository import VARIANTS, Variant
 
 log = logging.getLogger(__name__)
 PREFIX = "RECSYS_TRAINER_"
@@ -30,6 +31,7 @@ class JobConfig:
     store: ModelStore
     train: TrainConfig
     publish: PublishSettings
+    triton_control_key: str = ""  # shared/config.triton_control_key
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> JobConfig:
@@ -46,8 +48,20 @@ class JobConfig:
                 max_seconds=env.number("MAX_SECONDS", defaults.max_seconds, minimum=0.1),
                 threads=env.integer("THREADS", defaults.threads, minimum=1, maximum=256),
             ),
-            publish=PublishSettings(grace_s=env.number("PUBLISH_GRACE_S", 10.0)),
+            publish=PublishSettings(
+                grace_s=env.number("PUBLISH_GRACE_S", 10.0),
+                triton_variant=_triton_variant(env),
+            ),
+            triton_control_key=triton_control_key(environ),
         )
+
+
+def _triton_variant(env: Env) -> Variant:
+    value = env.string("TRITON_PLATFORM", "python")
+    for variant in VARIANTS:
+        if value == variant:
+            return variant
+    raise ConfigError(f"{env.prefix}TRITON_PLATFORM={value!r} is not one of {', '.join(VARIANTS)}")
 
 
 @dataclass
@@ -60,7 +74,9 @@ class JobResult:
 async def run_job(config: JobConfig, from_offset: int = 0, publish: bool = True) -> JobResult:
     features_channel = channel(config.features_address)
     retrieval = ReplicatedRetrieval(config.retrieval_address)
-    embedding = EmbeddingClient(config.embedding_address, timeout_s=30.0)
+    embedding = EmbeddingClient(
+        config.embedding_address, timeout_s=30.0, control_key=config.triton_control_key
+    )
     try:
         features = features_pb2_grpc.FeaturesServiceStub(features_channel)
         events, content = await read_training_data(features, from_offset)

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from services.trainer.two_tower import TowerConfig, TwoTowerModel, export_towers
 from shared.embedding_client import ITEM_TOWER, USER_TOWER, EmbeddingClient
 from shared.triton_repository import TOWERS, Repository, model_config, read_config
 from tests.conftest import HOST, free_port
+from tests.unit.test_k8s import TRITON_METRICS
 
 TOWER = TowerConfig(dim=16, content_dim=12, content_hidden=16, history_len=6, feedforward=16)
 USERS, ITEMS = 5, 9
@@ -43,12 +46,18 @@ def _model(seed: int) -> TwoTowerModel:
     return model
 
 
+# Triton restricts its model-control API to this key, as the Kubernetes manifests have it.
+CONTROL_KEY = "test-control-key"
+
+
 @dataclass
 class Triton:
     address: str
     repository: Repository
     exports: dict[int, dict[str, Path]]
     process: subprocess.Popen[bytes]
+    http_port: int
+    metrics_port: int
 
 
 def _publish(triton: Triton, version: int, versions: list[int]) -> None:
@@ -68,19 +77,23 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Triton]:
     root = tmp_path_factory.mktemp("triton")
     exports = {v: export_towers(_model(v), root / f"export-{v}") for v in (1, 2)}
     repository = Repository(root / "repository")
-    port = free_port()
+    port, http_port, metrics_port = free_port(), free_port(), free_port()
+    key_file = root / "control-key"
+    key_file.write_text(CONTROL_KEY + "\n")
     env = dict(
         os.environ,
         RECSYS_DATA_DIR=str(root),
         RECSYS_EMBEDDING_PORT=str(port),
-        RECSYS_EMBEDDING_METRICS_PORT="0",
+        RECSYS_EMBEDDING_HTTP_PORT=str(http_port),
+        RECSYS_EMBEDDING_METRICS_PORT=str(metrics_port),
         RECSYS_EMBEDDING_REPOSITORY=str(repository.root),
+        RECSYS_TRITON_CONTROL_KEY_FILE=str(key_file),
     )
     command = server_command(EmbeddingConfig.from_env(env), env)
     process = subprocess.Popen(
         command.argv, env=command.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    triton = Triton(f"{HOST}:{port}", repository, exports, process)
+    triton = Triton(f"{HOST}:{port}", repository, exports, process, http_port, metrics_port)
     try:
         _publish(triton, 1, [1])
         asyncio.run(_with_client(triton.address, _wait_and_load))
@@ -104,8 +117,8 @@ def _stubs(triton: Triton, version: int) -> set[int]:
     return found
 
 
-async def _with_client(address: str, body: object) -> object:
-    client = EmbeddingClient(address, timeout_s=10.0)
+async def _with_client(address: str, body: object, control_key: str = CONTROL_KEY) -> object:
+    client = EmbeddingClient(address, timeout_s=10.0, control_key=control_key)
     try:
         return await body(client)  # type: ignore[operator]
     finally:
@@ -179,6 +192,39 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(triton: Tr
 
     answers = asyncio.run(_with_client(triton.address, body))
     np.testing.assert_allclose(np.concatenate(answers), expected, atol=1e-5)  # type: ignore[arg-type]
+
+
+def test_model_control_needs_the_key_and_health_answers_over_http(triton: Triton) -> None:
+    async def load_without_key(client: EmbeddingClient) -> None:
+        await client.load(USER_TOWER)
+
+    with pytest.raises(Exception, match="(?i)restricted|unavailable"):
+        asyncio.run(_with_client(triton.address, load_without_key, control_key=""))
+    http = f"http://{HOST}:{triton.http_port}"
+    with urllib.request.urlopen(f"{http}/v2/health/ready", timeout=5) as ready:
+        assert ready.status == 200
+    refused = urllib.request.Request(f"{http}/v2/repository/models/{USER_TOWER}/load", b"{}")
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(refused, timeout=5)
+    # The same load with the key goes through.
+    asyncio.run(_with_client(triton.address, load_without_key))
+
+
+def test_triton_exports_the_queue_metrics_that_the_monitoring_uses(triton: Triton) -> None:
+    users, history, weights = _user_inputs(1)
+
+    async def body(client: EmbeddingClient) -> np.ndarray:
+        return await client.user_vectors(1, users, history, weights)
+
+    asyncio.run(_with_client(triton.address, body))
+    url = f"http://{HOST}:{triton.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        exported = {
+            line.split("{")[0].split(" ")[0]
+            for line in answer.read().decode().splitlines()
+            if line and not line.startswith("#")
+        }
+    assert set(TRITON_METRICS) <= exported
 
 
 def test_readiness_is_per_model_version(triton: Triton) -> None:

@@ -6,7 +6,8 @@ import pytest
 
 from services.gateway.config import GatewayConfig
 from services.retrieval.config import RetrievalConfig
-from shared.config import ConfigError
+from services.trainer import JobConfig
+from shared.config import ConfigError, triton_control_key
 
 
 def test_gateway_config_defaults_to_loopback_and_documented_ports() -> None:
@@ -125,3 +126,25 @@ def test_a_tuned_setting_set_in_the_environment_is_pinned_for_gateway_and_traine
     trainer = TrainerConfig.from_env(env)
     assert trainer.ranking == ranking and trainer.tuner.window == 50 and trainer.tuner.enabled
     assert not TrainerConfig.from_env({"RECSYS_TRAINER_TUNE_RANKING": "0"}).tuner.enabled
+
+
+def test_trainer_publishes_for_the_python_backend_unless_told_the_pytorch_one() -> None:
+    assert JobConfig.from_env({}).publish.triton_variant == "python"
+    production = {"RECSYS_TRAINER_TRITON_PLATFORM": "pytorch_libtorch"}
+    assert JobConfig.from_env(production).publish.triton_variant == "pytorch_libtorch"
+    with pytest.raises(ConfigError, match="RECSYS_TRAINER_TRITON_PLATFORM"):
+        JobConfig.from_env({"RECSYS_TRAINER_TRITON_PLATFORM": "onnx"})
+
+
+def test_triton_control_key_comes_from_the_file_named_and_a_bad_one_stops_the_start(
+    tmp_path: Path,
+) -> None:
+    assert triton_control_key({}) == ""
+    key = tmp_path / "key"
+    key.write_text("s3cret-key_1\n")
+    assert triton_control_key({"RECSYS_TRITON_CONTROL_KEY_FILE": str(key)}) == "s3cret-key_1"
+    key.write_text("has a space")
+    with pytest.raises(ConfigError, match="RECSYS_TRITON_CONTROL_KEY_FILE"):
+        triton_control_key({"RECSYS_TRITON_CONTROL_KEY_FILE": str(key)})
+    with pytest.raises(ConfigError, match="RECSYS_TRITON_CONTROL_KEY_FILE"):
+        triton_control_key({"RECSYS_TRITON_CONTROL_KEY_FILE": str(tmp_path / "missing")})

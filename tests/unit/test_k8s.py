@@ -1,0 +1,390 @@
+"""The Kubernetes manifests and the images, checked with no cluster and no container
+engine: every overlay renders with kustomize, every built-in object validates strictly
+against the Kubernetes schemas (KubeRay's pod templates too, as PodTemplates), checkov
+finds no failed check in the rendered overlays or the Dockerfile, the YAML lints, and each
+image runs its service's module with only its service's libraries (k8s/README.md says
+what this proves and what it does not)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import dockerfile
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+OVERLAYS = ("cpu", "gpu")
+KUBERNETES_VERSION = "1.32.0"  # the kubectl on our machines; GKE and EKS both offer it
+SERVICES = ("gateway", "features", "retrieval", "embedding", "trainer")
+IMAGE_TARGETS = {**{s: s for s in SERVICES}, "trainer-gpu": "trainer"}
+CHECKOV = Path(sys.prefix) / "tools" / "checkov" / "bin" / "checkov"
+
+
+@cache
+def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed here: the manifests cannot be rendered")
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / "overlays" / overlay)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return tuple(doc for doc in yaml.safe_load_all(out) if doc)
+
+
+def _of_kind(overlay: str, kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in rendered(overlay) if doc["kind"] == kind]
+
+
+def _named(overlay: str, kind: str, name: str) -> dict[str, Any]:
+    return next(doc for doc in _of_kind(overlay, kind) if doc["metadata"]["name"] == name)
+
+
+def _ray_pod_templates(cluster: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    yield "head", cluster["spec"]["headGroupSpec"]["template"]
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        yield group["groupName"], group["template"]
+
+
+def _pod_specs(overlay: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    for doc in rendered(overlay):
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
+        elif doc["kind"] == "RayCluster":
+            for group, template in _ray_pod_templates(doc):
+                yield f"ray-{group}", template["spec"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_built_in_object_validates_strictly_against_the_kubernetes_schemas(
+    overlay: str,
+) -> None:
+    checked = []
+    for doc in rendered(overlay):
+        if doc["apiVersion"] == "monitoring.coreos.com/v1":
+            # prometheus-operator's kinds have no schema here either: their shape is checked
+            # by test_every_metric_the_monitoring_uses_is_one_the_suite_exports.
+            assert doc["kind"] in ("ServiceMonitor", "PrometheusRule")
+            continue
+        if doc["apiVersion"] == "ray.io/v1":
+            # No schema for KubeRay's kinds: their pod templates are validated as PodTemplates.
+            assert doc["kind"] == "RayCluster"
+            for group, template in _ray_pod_templates(doc):
+                wrapped = {
+                    "apiVersion": "v1",
+                    "kind": "PodTemplate",
+                    "metadata": {"name": f"{doc['metadata']['name']}-{group}"},
+                    "template": template,
+                }
+                kubernetes_validate.validate(wrapped, KUBERNETES_VERSION, strict=True)
+                checked.append(f"PodTemplate/{group}")
+            continue
+        # A kind with no schema raises SchemaNotFoundError: a failure, not a warning.
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        checked.append(f"{doc['kind']}/{doc['metadata']['name']}")
+    assert {"Deployment/gateway", "StatefulSet/features", "Deployment/embedding"} <= set(checked)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_checkov_finds_no_failed_check_in_the_rendered_overlay(
+    overlay: str, tmp_path: Path
+) -> None:
+    manifest = tmp_path / f"{overlay}.yaml"
+    manifest.write_text(yaml.safe_dump_all(rendered(overlay)))
+    report = _checkov(["--framework", "kubernetes", "-f", str(manifest)])
+    assert report["summary"]["parsing_errors"] == 0
+    assert report["summary"]["passed"] > 100
+    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
+    assert failed == []
+    # Every skip is an annotation that says why.
+    for skipped in report["results"].get("skipped_checks", []):
+        assert len(skipped["check_result"].get("suppress_comment", "")) > 20, skipped
+
+
+def test_checkov_finds_no_failed_check_in_the_dockerfile() -> None:
+    report = _checkov(["--framework", "dockerfile", "-f", str(ROOT / "Dockerfile")])
+    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
+    assert failed == []
+
+
+def _checkov(arguments: list[str]) -> dict[str, Any]:
+    if not CHECKOV.exists():
+        pytest.fail(f"no checkov at {CHECKOV}: `make setup` installs it")
+    done = subprocess.run(
+        [str(CHECKOV), *arguments, "--output", "json", "--compact", "--skip-download"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
+    )
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    return report[0] if isinstance(report, list) else report  # type: ignore[no-any-return]
+
+
+def test_the_yaml_under_k8s_lints() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "yamllint", "--strict", "-c", str(K8S / ".yamllint"), str(K8S)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_meets_the_restricted_profile_with_requests_limits_and_probes(
+    overlay: str,
+) -> None:
+    for name, spec in _pod_specs(overlay):
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] == 1000, name
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault", name
+        for container in spec["containers"]:
+            where = f"{name}/{container['name']}"
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, where
+            assert security["readOnlyRootFilesystem"] is True, where
+            assert security["capabilities"]["drop"] == ["ALL"], where
+            resources = container["resources"]
+            assert set(resources["requests"]) >= {"cpu", "memory"}, where
+            assert set(resources["limits"]) >= {"cpu", "memory"}, where
+            if name.startswith("ray-") and container["name"].startswith("ray-"):
+                assert resources["requests"] == resources["limits"], where
+            elif not name.startswith("ray-"):
+                assert "readinessProbe" in container and "livenessProbe" in container, where
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_ray_cluster_has_a_head_that_takes_no_tasks_and_the_trainer_beside_it(
+    overlay: str,
+) -> None:
+    cluster = _named(overlay, "RayCluster", "recsys")
+    assert cluster["spec"]["enableInTreeAutoscaling"] is True
+    head = cluster["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    containers = head["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["ray-head", "trainer"]  # Ray's first
+    trainer = containers[1]
+    env = {e["name"]: e.get("value") for e in trainer["env"]}
+    assert env["RAY_ADDRESS"] == "127.0.0.1:6379"
+    # The driver reaches its node's raylet through sockets under /tmp/ray: shared.
+    mounts = {c["name"]: {m["mountPath"]: m["name"] for m in c["volumeMounts"]} for c in containers}
+    assert mounts["ray-head"]["/tmp"] == mounts["trainer"]["/tmp"]
+    groups = {g["groupName"]: g for g in cluster["spec"]["workerGroupSpecs"]}
+    assert groups["gpu"]["minReplicas"] == 0
+    gpu = groups["gpu"]["template"]["spec"]
+    assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu[
+        "tolerations"
+    ]
+
+
+def test_the_gpu_overlay_runs_the_official_triton_on_a_gpu_and_publishes_for_it() -> None:
+    triton = _named("gpu", "Deployment", "embedding")["spec"]["template"]["spec"]
+    container = triton["containers"][0]
+    assert container["image"] == "nvcr.io/nvidia/tritonserver:26.08-py3"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "--grpc-restricted-protocol=model-repository:" in container["args"][0]
+    assert triton["nodeSelector"]
+    config = _of_kind("gpu", "ConfigMap")[0]["data"]
+    assert config["RECSYS_TRAINER_TRITON_PLATFORM"] == "pytorch_libtorch"
+    cpu_config = _of_kind("cpu", "ConfigMap")[0]["data"]
+    assert "RECSYS_TRAINER_TRITON_PLATFORM" not in cpu_config
+    models = _named("gpu", "PersistentVolumeClaim", "recsys-models")["spec"]
+    assert models["accessModes"] == ["ReadWriteMany"] and models["storageClassName"]
+
+
+def test_retrieval_replicas_are_all_listed_ready_or_not() -> None:
+    service = _named("cpu", "Service", "retrieval")["spec"]
+    assert service["clusterIP"] == "None" and service["publishNotReadyAddresses"] is True
+    config = _of_kind("cpu", "ConfigMap")[0]["data"]
+    assert config["RECSYS_RETRIEVAL_PEERS"] == "dns:///retrieval:50053"
+    assert config["RECSYS_GATEWAY_RETRIEVAL_ADDRESS"] == "dns:///retrieval:50053"
+
+
+# ---- images ---------------------------------------------------------------------------------
+
+
+def _stages() -> dict[str, list[dockerfile.Command]]:
+    stages: dict[str, list[dockerfile.Command]] = {}
+    current: list[dockerfile.Command] = []
+    for command in dockerfile.parse_file(str(ROOT / "Dockerfile")):
+        if command.cmd == "FROM":
+            current = stages.setdefault(command.value[-1], [])
+        current.append(command)
+    return stages
+
+
+def test_each_image_target_runs_its_service_as_uid_1000_from_a_pinned_base() -> None:
+    stages = _stages()
+    for target, service in IMAGE_TARGETS.items():
+        commands = stages[target]
+        base = commands[0].value[0]
+        while base in stages:  # FROM an earlier stage: that stage's base
+            base = stages[base][0].value[0]
+        assert ":" in base and not base.endswith(":latest"), target
+        assert any(char.isdigit() for char in base.partition(":")[2]), target
+        entrypoint = [c for c in commands if c.cmd == "ENTRYPOINT"][-1]
+        assert list(entrypoint.value) == ["python", "-m", f"services.{service}"], target
+        assert (ROOT / "services" / service / "__main__.py").exists()
+        users = [c.value[0] for c in commands if c.cmd == "USER"]
+        assert users and users[-1].split(":")[0] == "1000", target
+        installs = " ".join(" ".join(c.value) for c in commands if c.cmd == "RUN")
+        assert f"[{service}]" in installs, target
+        assert "apt-get" not in installs and "gcc" not in installs, target
+
+
+def test_every_file_the_dockerfile_copies_exists_and_reaches_the_build() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    allowed = [line[1:].rstrip("/") for line in ignored if line.startswith("!")]
+    copied = [
+        source
+        for command in dockerfile.parse_file(str(ROOT / "Dockerfile"))
+        if command.cmd == "COPY" and not any(f.startswith("--from") for f in command.flags)
+        for source in command.value[:-1]
+    ]
+    assert copied
+    for source in copied:
+        assert (ROOT / source).exists(), source
+        assert any(source.rstrip("/") == a or source.startswith(a + "/") for a in allowed), source
+
+
+def test_the_gateway_image_carries_no_torch_ray_or_faiss() -> None:
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    heavy = ("torch", "ray", "faiss")
+    assert not [d for d in extras["gateway"] if d.startswith(heavy)]
+    # And the gateway's code never imports them: its process runs without them.
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {heavy!r}: raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import services.gateway.__main__\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_recsys_variable_the_manifests_set_is_one_a_service_reads(overlay: str) -> None:
+    source = "\n".join(
+        path.read_text()
+        for folder in ("services", "shared")
+        for path in (ROOT / folder).rglob("*.py")
+    )
+    names = set()
+    for doc in rendered(overlay):
+        if doc["kind"] == "ConfigMap":
+            names |= set(doc.get("data", {}))
+    for _, spec in _pod_specs(overlay):
+        for container in spec["containers"]:
+            names |= {e["name"] for e in container.get("env", [])}
+    unread = []
+    for name in sorted(n for n in names if n.startswith("RECSYS_")):
+        prefixes = ["RECSYS_", *(f"RECSYS_{s.upper()}_" for s in SERVICES)]
+        suffixes = [name.removeprefix(p) for p in prefixes if name.startswith(p)]
+        if f'"{name}"' not in source and not any(f'"{s}"' in source for s in suffixes):
+            unread.append(name)
+    assert unread == []
+
+
+# Triton's own metrics that the monitoring uses; tests/integration/test_embedding_triton.py
+# reads them from a running Triton.
+TRITON_METRICS = ("nv_inference_queue_duration_us", "nv_inference_request_success")
+PROMQL_WORDS = {
+    "sum",
+    "by",
+    "rate",
+    "clamp_min",
+    "histogram_quantile",
+    "time",
+    "and",
+    "or",
+    "unless",
+    "without",
+    "on",
+    "ignoring",
+    "max",
+    "min",
+    "avg",
+    "count",
+}
+
+
+def _metric_names(expression: str) -> set[str]:
+    bare = re.sub(r"\{[^}]*\}", " ", expression)  # label matchers
+    bare = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", " ", bare)  # grouping labels
+    bare = re.sub(r"\[[^\]]*\]", " ", bare)  # ranges
+    bare = re.sub(r"<<[^>]*>>", " ", bare)  # prometheus-adapter's template
+    return {w for w in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", bare) if w not in PROMQL_WORDS}
+
+
+def _exported() -> set[str]:
+    from services.trainer.metrics import GAUGES
+    from shared.metrics import RPC_HANDLED, RPC_LATENCY, RPC_STARTED
+
+    names = {"up", *GAUGES, *TRITON_METRICS}
+    for metric in (RPC_STARTED, RPC_HANDLED):
+        names.add(metric._name + ("" if metric._name.endswith("_total") else "_total"))
+    names |= {f"{RPC_LATENCY._name}_{suffix}" for suffix in ("bucket", "sum", "count")}
+    return names
+
+
+def test_every_metric_the_monitoring_uses_is_one_the_suite_exports() -> None:
+    expressions = []
+    for doc in _of_kind("gpu", "PrometheusRule"):
+        for group in doc["spec"]["groups"]:
+            expressions += [rule["expr"] for rule in group["rules"]]
+            assert all(rule["alert"] and rule["for"] for rule in group["rules"])
+    for doc in _of_kind("gpu", "ConfigMap"):
+        if "recsys.json" in doc.get("data", {}):
+            dashboard = json.loads(doc["data"]["recsys.json"])
+            expressions += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+        if "rules.yaml" in doc.get("data", {}):
+            for rule in yaml.safe_load(doc["data"]["rules.yaml"])["rules"]:
+                expressions += [rule["seriesQuery"], rule["metricsQuery"]]
+                served = rule["name"]["as"]
+    hpa = _named("gpu", "HorizontalPodAutoscaler", "embedding")["spec"]["metrics"][0]
+    assert hpa["pods"]["metric"]["name"] == served  # the adapter makes what the HPA reads
+    alerts = {
+        r["alert"]
+        for d in _of_kind("gpu", "PrometheusRule")
+        for g in d["spec"]["groups"]
+        for r in g["rules"]
+    }
+    assert len(alerts) >= 6
+    used = set().union(*(_metric_names(e) for e in expressions))
+    assert used - _exported() == set()
+    assert {"recsys_trainer_events_behind_live", "nv_inference_queue_duration_us"} <= used
+    # Every Service with a metrics port has a ServiceMonitor, and it scrapes that port.
+    monitored = {
+        d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        for d in _of_kind("gpu", "ServiceMonitor")
+    }
+    with_metrics = {
+        d["metadata"]["labels"]["app.kubernetes.io/name"]
+        for d in _of_kind("gpu", "Service")
+        if any(p["name"] == "metrics" for p in d["spec"]["ports"])
+    }
+    assert with_metrics == monitored
