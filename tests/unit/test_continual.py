@@ -304,3 +304,22 @@ def test_forgetting_discards_a_publish_killed_before_it_wrote_serving_json(
     assert store.versions() == [1] and "u3" not in store.serving(1).users
     assert all(not repository.version_dir(tower, 2).exists() for tower in TOWERS)
     assert store.next_version() == 2
+
+
+def test_a_publisher_for_the_pytorch_backend_writes_gpu_configs(tmp_path: Path) -> None:
+    from services.trainer.publisher import Publisher, PublishSettings
+    from services.trainer.two_tower import tower_io
+    from shared.model_store import ModelStore
+    from shared.triton_repository import GPU_SERVING, read_config
+
+    store = ModelStore(tmp_path / "models")
+    settings = PublishSettings(triton_variant="pytorch_libtorch")
+    publisher = Publisher(store, None, None, None, settings)  # type: ignore[arg-type]  # no call made
+    assert publisher.repository.serving == GPU_SERVING
+    publisher.repository.set_versions("user_tower", tower_io(SMALL)["user_tower"], [1])
+    config = read_config(store.repository / "user_tower" / "config.pbtxt")
+    assert config.platform == "pytorch_libtorch" and not config.backend
+    assert config.instance_group[0].kind == config.instance_group[0].KIND_GPU
+    assert config.max_batch_size == GPU_SERVING.max_batch_size
+    local = Publisher(store, None, None, None)  # type: ignore[arg-type]
+    assert local.repository.variant == "python"

@@ -388,3 +388,62 @@ def test_every_metric_the_monitoring_uses_is_one_the_suite_exports() -> None:
         if any(p["name"] == "metrics" for p in d["spec"]["ports"])
     }
     assert with_metrics == monitored
+
+
+def _container_env(overlay: str, container: dict[str, Any], key_file: Path) -> dict[str, str]:
+    config = {}
+    for doc in _of_kind(overlay, "ConfigMap"):
+        config[doc["metadata"]["name"]] = doc.get("data", {})
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(config[source["configMapRef"]["name"]])
+    for entry in container.get("env", []):
+        env[entry["name"]] = entry.get("value", "from-a-secret")
+    if "RECSYS_TRITON_CONTROL_KEY_FILE" in env:
+        env["RECSYS_TRITON_CONTROL_KEY_FILE"] = str(key_file)
+    return env
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_service_container_starts_from_its_rendered_environment(
+    overlay: str, tmp_path: Path
+) -> None:
+    """Each service's own configuration loads from the container's environment as
+    rendered (every value parses: ports, addresses, numbers, the key file), and listens
+    where its Service and probes expect it. The Ray head pod's trainer included, which the
+    local run leaves out."""
+    from services.embedding.config import EmbeddingConfig
+    from services.features.config import FeaturesConfig
+    from services.gateway.config import GatewayConfig
+    from services.retrieval.config import RetrievalConfig
+    from services.trainer.config import TrainerConfig
+
+    key_file = tmp_path / "key"
+    key_file.write_text("a-key\n")
+    configs: dict[str, Any] = {
+        "gateway": GatewayConfig,
+        "features": FeaturesConfig,
+        "retrieval": RetrievalConfig,
+        "triton": EmbeddingConfig,
+        "trainer": TrainerConfig,
+    }
+    loaded = {}
+    for _, spec in _pod_specs(overlay):
+        for container in spec["containers"]:
+            config = configs.get(container["name"])
+            if config is None or "command" in container:  # Ray's own, or the official Triton
+                continue
+            env = _container_env(overlay, container, key_file)
+            loaded[container["name"]] = (config.from_env(env), container)
+    expected = set(configs) if overlay == "cpu" else set(configs) - {"triton"}
+    assert set(loaded) == expected
+    for name, (config, container) in loaded.items():
+        server = getattr(config, "server", config)
+        declared = {p["containerPort"] for p in container["ports"]}
+        assert server.host == "0.0.0.0" and server.port in declared, name
+        assert server.metrics_port in declared, name
+    trainer = loaded["trainer"][0]
+    assert trainer.ray_address == "127.0.0.1:6379"
+    assert trainer.job.triton_control_key == "a-key"
+    expected_platform = "pytorch_libtorch" if overlay == "gpu" else "python"
+    assert trainer.job.publish.triton_variant == expected_platform
