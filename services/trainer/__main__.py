@@ -46,7 +46,8 @@ def build(config: TrainerConfig) -> GrpcService:
         actor.handle = await asyncio.to_thread(create_actor, config)
         await actor.handle.start.remote()
         log.info("trainer actor started", extra={"ray": config.ray_address or "in-process"})
-        following.append(asyncio.create_task(metrics.follow(lambda: actor.handle.status.remote())))
+        status = actor.handle.monitored_status
+        following.append(asyncio.create_task(metrics.follow(lambda: status.remote())))
 
     async def shutdown() -> None:
         await metrics.stop(following[0] if following else None)

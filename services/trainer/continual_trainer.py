@@ -528,4 +528,14 @@ class ContinualTrainer:
             "last_full_retrain_node_id": self.last_retrain_ran_on[0],
             "last_full_retrain_pid": self.last_retrain_ran_on[1],
             "ranking": self.tuner.status() if self.tuner is not None else {},
+            "live_newest_event_appended_at": live.newest_event_appended_at if live else 0.0,
         }
+
+    async def monitored_status(self) -> dict[str, Any]:
+        """The status, and when the log acknowledged the oldest event the served version does
+        not hold (0.0: it holds them all): how long it has been missing is the model's
+        staleness, which no offset or publish time says (a quiet log publishes nothing)."""
+        status = self.status()
+        events, _ = await read_page(self.features, status["live_trained_offset"] + 1, 1, 5.0)
+        status["oldest_unserved_appended_at"] = events[0].appended_at if events else 0.0
+        return status

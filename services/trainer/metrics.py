@@ -46,6 +46,16 @@ GAUGES: dict[str, tuple[str, Callable[[Status], float]]] = {
         "When the last version was published (Unix time; 0: none since the state began).",
         lambda s: float(s["last_publish"] or 0.0),
     ),
+    "recsys_trainer_live_newest_event_timestamp_seconds": (
+        "When the log acknowledged the newest event inside the served version (Unix time; 0:"
+        " none).",
+        lambda s: float(s["live_newest_event_appended_at"]),
+    ),
+    "recsys_trainer_oldest_unserved_event_timestamp_seconds": (
+        "When the log acknowledged the oldest event the served version does not hold (Unix"
+        " time; 0: it holds them all).",
+        lambda s: float(s["oldest_unserved_appended_at"]),
+    ),
     "recsys_trainer_gate_rejections_in_a_row": (
         "Candidates the gate rejected since the last one it passed.",
         lambda s: float(s["gate_rejections_in_a_row"]),

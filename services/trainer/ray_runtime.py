@@ -22,6 +22,7 @@ NAMESPACE = "recsys"
 ACTOR_NAME = "continual-trainer"
 START_ATTEMPTS = 3
 LOOPBACK = "127.0.0.1"
+JOIN_TIMEOUT_S = 180.0
 
 
 def start_ray(config: TrainerConfig) -> None:
@@ -29,7 +30,7 @@ def start_ray(config: TrainerConfig) -> None:
     if ray.is_initialized():
         return
     if config.ray_address:
-        ray.init(address=config.ray_address, namespace=NAMESPACE, log_to_driver=True)
+        _join(config.ray_address)
         return
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
@@ -54,6 +55,22 @@ def start_ray(config: TrainerConfig) -> None:
         ray.shutdown()
         # services/trainer/__init__.py sets what keeps it on loopback before Ray is imported.
         raise RuntimeError(f"the in-process Ray took {node} for its node, not {LOOPBACK}")
+
+
+def _join(address: str, timeout_s: float = JOIN_TIMEOUT_S) -> None:
+    """Joins the cluster at `address`, waiting for its head: beside a Ray head in one pod
+    (KubeRay), the trainer starts with it, not after it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
+            return
+        except (ConnectionError, RuntimeError) as error:
+            ray.shutdown()
+            if time.monotonic() > deadline:
+                raise
+            log.info("waiting for the Ray head", extra={"ray": address, "why": str(error)})
+            time.sleep(2.0)
 
 
 # A fresh worker for every retrain (max_calls=1): its memory goes back when it is done.
@@ -90,6 +107,9 @@ class Trainer:
 
     async def status(self) -> dict[str, Any]:
         return self.trainer.status()
+
+    async def monitored_status(self) -> dict[str, Any]:
+        return await self.trainer.monitored_status()
 
     async def trigger(self, full: bool, shuffle_labels: bool) -> bool:
         return await self.trainer.trigger(full, shuffle_labels)

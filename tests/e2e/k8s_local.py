@@ -13,17 +13,30 @@ What a cluster gives a pod is given here by mapping, never by editing a manifest
   mount is a link to the volume's folder (one per claim, shared by every pod that mounts
   it; one per pod for an emptyDir or a StatefulSet's claim template; a Secret's keys as
   files).
-Readiness is each container's own readinessProbe (gRPC health, HTTP GET or TCP)."""
+Readiness is each container's own readinessProbe (gRPC health, HTTP GET or TCP).
+
+A KubeRay `RayCluster` gives a head pod and its worker groups' pods. Their first container
+is Ray's, which KubeRay commands (`ray start` with the group's rayStartParams; a worker
+joins the head's Service at its GCS port); here it is run as KubeRay would run it, with
+what one machine needs: every Ray node on 127.0.0.1 (Ray binds to loopback only there,
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in each Ray pod's containers, the workers joined
+through tests/e2e/ray_worker_node.py), free ports where KubeRay's defaults would collide
+between nodes, no dashboard (KubeRay's in-tree autoscaler is not run), and a short temp
+folder for the pod's /tmp/ray (Ray's unix socket paths are limited in length). The
+containers after Ray's run as rendered. Its readiness is its GCS port (head) or raylet
+port (worker)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -34,9 +47,13 @@ from typing import Any
 import dockerfile
 
 from services.launcher import is_serving
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 POD_NETWORK = "127.0.10."
+RAY_NODE_IP = "127.0.0.1"
+RAY = [str(Path(sys.executable).parent / "ray")]
+RAY_JOINING = [sys.executable, str(ROOT / "tests" / "e2e" / "ray_worker_node.py")]
 
 
 def image_entrypoints() -> dict[str, list[str]]:
@@ -65,6 +82,16 @@ class Pod:
     spec: dict[str, Any]
     claims: dict[str, str]  # volume name -> claim folder key, for claim templates
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    ray: RayNode | None = None  # a pod of a RayCluster: its first container is Ray's
+
+
+@dataclass
+class RayNode:
+    head: bool
+    start_params: dict[str, str]
+    gcs_port: int
+    temp_dir: str = ""
+    readiness_port: int = 0
 
 
 class LocalCluster:
@@ -95,10 +122,41 @@ class LocalCluster:
             if d["kind"] in ("Deployment", "StatefulSet") and d["metadata"]["name"] == name
         )
 
+    def _ray_pods(self, name: str) -> None:
+        """The head and every worker group's replicas of RayCluster `name`, labelled as
+        KubeRay labels them."""
+        cluster = next(
+            d for d in self.documents if d["kind"] == "RayCluster" and d["metadata"]["name"] == name
+        )
+        head = cluster["spec"]["headGroupSpec"]
+        gcs = next(
+            int(p["containerPort"])
+            for p in head["template"]["spec"]["containers"][0]["ports"]
+            if p["name"] == "gcs"
+        )
+        groups = [("head", head, 1, True)] + [
+            (g["groupName"], g, int(g.get("replicas", 0)), False)
+            for g in cluster["spec"].get("workerGroupSpecs", [])
+        ]
+        for group, spec, replicas, is_head in groups:
+            template = spec["template"]
+            for replica in range(replicas):
+                labels = dict(template["metadata"].get("labels", {}))
+                labels |= {"ray.io/cluster": name, "ray.io/group": group}
+                labels["ray.io/node-type"] = "head" if is_head else "worker"
+                node = RayNode(is_head, dict(spec.get("rayStartParams", {})), gcs)
+                pod_name = f"{name}-head" if is_head else f"{name}-{group}-worker-{replica}"
+                ip = f"{POD_NETWORK}{len(self.pods) + 1}"
+                self.pods.append(Pod(pod_name, ip, labels, template["spec"], {}, ray=node))
+
     def plan(self, workloads: list[str]) -> None:
         """Every pod of those workloads gets its address before any starts, so that each
-        one's environment names the others'."""
+        one's environment names the others'. A workload named `RayCluster/NAME` is that
+        cluster's pods."""
         for name in workloads:
+            if name.startswith("RayCluster/"):
+                self._ray_pods(name.partition("/")[2])
+                continue
             workload = self._workload(name)
             template = workload["spec"]["template"]
             for replica in range(workload["spec"].get("replicas", 1)):
@@ -139,7 +197,7 @@ class LocalCluster:
         if service is None:
             raise AssertionError(f"a value names {name}:{port}, which no Service is")
         pods = self._selected(service)
-        if not pods:  # not run here (the trainer): an address where nothing listens
+        if not pods:  # a Service whose pods are not run: an address where nothing listens
             return f"{POD_NETWORK}254:{port}"
         endpoints = [f"{p.ip}:{self._target_port(service, port, p)}" for p in pods]
         if len(endpoints) == 1 and not dns:
@@ -204,12 +262,47 @@ class LocalCluster:
 
     # ---- running --------------------------------------------------------------------------
 
+    def _ray_start(self, node: RayNode) -> list[str]:
+        """The `ray start` KubeRay gives a Ray container, with this machine's mapping."""
+        node.temp_dir = node.temp_dir or tempfile.mkdtemp(prefix="ray", dir="/tmp")
+        node.readiness_port = node.gcs_port if node.head else free_port()
+        flags = [f"--{key}={value}" for key, value in node.start_params.items()]
+        flags += [
+            "--block",
+            f"--node-ip-address={RAY_NODE_IP}",
+            f"--temp-dir={node.temp_dir}",
+            f"--metrics-export-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            "--object-store-memory=100000000",
+        ]
+        if node.head:
+            return [
+                *RAY,
+                "start",
+                "--head",
+                f"--port={node.gcs_port}",
+                "--include-dashboard=false",
+                f"--ray-client-server-port={free_port()}",
+                *flags,
+            ]
+        return [
+            *RAY_JOINING,
+            "start",
+            f"--address={RAY_NODE_IP}:{node.gcs_port}",
+            f"--node-manager-port={node.readiness_port}",
+            *flags,
+        ]
+
     def start(self, pod: Pod, log_dir: Path) -> None:
         self._root(pod).mkdir(parents=True, exist_ok=True)
-        for container in pod.spec["containers"]:
+        for index, container in enumerate(pod.spec["containers"]):
             self._mount(pod, container)
-            command = container.get("command") or self.entrypoints[image_target(container["image"])]
-            argv = [*command, *container.get("args", [])]
+            if pod.ray is not None and index == 0:
+                argv = self._ray_start(pod.ray)
+            else:
+                image = image_target(container["image"])
+                argv = [*(container.get("command") or self.entrypoints[image])]
+                argv += container.get("args", [])
             if argv[0] == "python":
                 argv[0] = sys.executable  # the image's python is this project's here
             env = {
@@ -219,6 +312,8 @@ class LocalCluster:
                 "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
                 **self._environment(pod, container),
             }
+            if pod.ray is not None:
+                env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
             log_dir.mkdir(parents=True, exist_ok=True)
             log = open(log_dir / f"{pod.name}-{container['name']}.log", "ab")  # noqa: SIM115
             pod.processes.append(
@@ -233,11 +328,17 @@ class LocalCluster:
             )
             log.close()
 
-    def wait_ready(self, pod: Pod, timeout_s: float = 240.0) -> None:
+    def wait_ready(self, pod: Pod, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
-        for container, process in zip(pod.spec["containers"], pod.processes, strict=True):
-            probe = container["readinessProbe"]
-            while not _probe(pod.ip, probe):
+        for index, (container, process) in enumerate(
+            zip(pod.spec["containers"], pod.processes, strict=True)
+        ):
+            probe = container.get("readinessProbe")
+            ip = pod.ip
+            if pod.ray is not None and index == 0:
+                probe, ip = {"tcpSocket": {"port": pod.ray.readiness_port}}, RAY_NODE_IP
+            assert probe is not None, f"{pod.name}/{container['name']} has no readinessProbe"
+            while not _probe(ip, probe):
                 if process.poll() is not None:
                     raise AssertionError(
                         f"{pod.name}/{container['name']} exited: {process.returncode}"
@@ -248,25 +349,55 @@ class LocalCluster:
 
     def run(self, log_dir: Path) -> None:
         """Starts the pods in order, each once the one before is ready (as a StatefulSet's
-        OrderedReady does; the suite's services wait for each other anyway)."""
+        OrderedReady does; the suite's services wait for each other anyway), but a Ray
+        cluster's pods all at once, as KubeRay creates them: the trainer beside the head is
+        ready only once a worker has room for its learner."""
         for pod in self.pods:
             self.start(pod, log_dir)
-            self.wait_ready(pod)
+            if pod.ray is None:
+                self.wait_ready(pod)
+        for pod in self.pods:
+            if pod.ray is not None:
+                self.wait_ready(pod)
 
     def stop(self) -> dict[str, int | None]:
-        """SIGTERM, as the kubelet sends, to every container, the gateways first."""
+        """SIGTERM, as the kubelet sends, to every container, the gateways first; in a Ray
+        pod, the containers after Ray's (the trainer) before Ray's. The exit code of each
+        container, by pod/container."""
         codes: dict[str, int | None] = {}
-        for pod in reversed(self.pods):
-            for process in pod.processes:
+        for pod in self._stop_order():
+            named = list(zip(pod.spec["containers"], pod.processes, strict=False))
+            for index, (container, process) in reversed(list(enumerate(named))):
+                if pod.ray is not None and index == 0:
+                    # Ray's node: its drain on SIGTERM (30 s) is Ray's own, not tested here.
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(10)
+                    continue
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)
-            for process in pod.processes:
                 try:
-                    codes[pod.name] = process.wait(60)
+                    code = process.wait(90)
                 except subprocess.TimeoutExpired:
+                    code = None
+                if code is None:
                     os.killpg(process.pid, signal.SIGKILL)
-                    codes[pod.name] = process.wait(10)
+                    process.wait(10)
+                codes[f"{pod.name}/{container['name']}"] = code
+            if pod.ray is not None and pod.ray.temp_dir:
+                shutil.rmtree(pod.ray.temp_dir, ignore_errors=True)
         return codes
+
+    def _stop_order(self) -> list[Pod]:
+        """The start order reversed, but a Ray cluster's head (the trainer, which commits
+        its learner's state on the way out) before the workers its learner runs on."""
+        order = list(reversed(self.pods))
+        ray = [i for i, p in enumerate(order) if p.ray is not None]
+        if ray:
+            group = sorted((order[i] for i in ray), key=lambda p: not (p.ray and p.ray.head))
+            for i, pod in zip(ray, group, strict=True):
+                order[i] = pod
+        return order
 
     def address_of(self, service: str) -> str:
         port = self.services[service]["spec"]["ports"][0]["port"]
@@ -329,4 +460,4 @@ def running(
         yield cluster
     finally:
         codes = cluster.stop()
-    assert all(code == 0 for code in codes.values()), codes
+    assert all(code == 0 for code in codes.values()), codes  # every graceful shutdown

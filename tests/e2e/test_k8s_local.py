@@ -1,12 +1,17 @@
 """The `cpu` overlay's pods run as local processes exactly as rendered (tests/e2e/k8s_local.py
 says how a pod's network, Service names and volumes are mapped), and the suite then works
 through its gateway: a wrong variable name, port, command or probe in a manifest fails
-here. The trainer's Ray head pod is not run (KubeRay writes its Ray container's command);
-its pod templates are validated in tests/unit/test_k8s.py."""
+here. The trainer's RayCluster runs too: its head pod (Ray's container as KubeRay commands
+it, and the trainer beside it) and its CPU worker group's pod; the GPU group has none."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+import secrets
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -14,15 +19,21 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsys.gateway.v1 import gateway_pb2
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
+from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from suite.client import GatewayClient
 from tests.e2e.harness import TOY_STORY, TOY_STORY_2, catalogue
 from tests.e2e.k8s_local import LocalCluster, running
+from tests.e2e.test_trainer import ratings
 from tests.unit.test_k8s import rendered
 
 pytestmark = pytest.mark.slow
+T = TypeVar("T")
 # Start order: what each one's readiness waits for first.
-WORKLOADS = ["features", "retrieval", "embedding", "gateway"]
-SECRETS = {"recsys-triton-control": {"key": "local-control-key"}}
+WORKLOADS = ["features", "retrieval", "embedding", "RayCluster/recsys", "gateway"]
+SECRETS = {
+    "recsys-triton-control": {"key": "local-control-key"},
+    "recsys-ray-token": {"token": secrets.token_hex(32)},
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +51,8 @@ def test_the_cpu_overlay_run_as_rendered_serves_items_events_and_recommendations
         "retrieval-0",
         "retrieval-1",
         "embedding-0",
+        "recsys-head",
+        "recsys-cpu-worker-0",
         "gateway-0",
         "gateway-1",
     ]
@@ -67,8 +80,34 @@ def test_the_cpu_overlay_run_as_rendered_serves_items_events_and_recommendations
         found = [i.item_id for i in answer.items]
         assert len(found) == 5 and TOY_STORY not in found and not answer.fallback
         assert TOY_STORY_2 in found
+
+        # The trainer learns what is logged, publishes it, and the gateways serve it.
+        films = [i.item_id for i in catalogue()[:120]]
+        rated = client.stub.LogEvents(
+            gateway_pb2.LogEventsRequest(events=ratings(films, 0, 200)), timeout=30
+        )
+        assert rated.accepted == 200
+        head = next(p for p in cluster.pods if p.name == "recsys-head")
+        with grpc.insecure_channel(cluster.address_of("trainer")) as channel:
+            reply = trainer_pb2_grpc.TrainerServiceStub(channel).WaitUntilTrained(
+                trainer_pb2.WaitUntilTrainedRequest(offset=rated.last_offset, timeout_s=180),
+                timeout=190,
+            )
+        assert reply.reached and reply.live_version, reply
+        served = _eventually(
+            lambda: (
+                client.stub.Recommend(
+                    gateway_pb2.RecommendRequest(user_id="k8s-user", k=5), timeout=10
+                ).model_version
+                == reply.live_version
+            )
+        )
+        assert served, "the gateways never served the published version"
     finally:
         client.close()
+    # The served version holds every event: the freshness gauges say so.
+    gauges = _eventually(lambda: _trainer_gauges(f"{head.ip}:9154"), until=_caught_up)
+    assert gauges["recsys_trainer_live_newest_event_timestamp_seconds"] > now.seconds - 600
     # Every write reached both retrieval replicas (the headless Service's two records).
     for replica in ("retrieval-0", "retrieval-1"):
         ip = next(p.ip for p in cluster.pods if p.name == replica)
@@ -81,3 +120,29 @@ def _content_size(address: str) -> int:
             retrieval_pb2.GetIndexStatsRequest(index="content"), timeout=5
         )
     return int(stats.size)
+
+
+def _eventually(
+    read: Callable[[], T], until: Callable[[T], bool] = bool, timeout_s: float = 30.0
+) -> T:
+    deadline = time.monotonic() + timeout_s
+    while not until(value := read()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return value
+
+
+def _trainer_gauges(address: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    return {
+        m["name"]: float(m["value"])
+        for m in re.finditer(r"^(?P<name>recsys_trainer_\w+) (?P<value>\S+)$", text, re.M)
+    }
+
+
+def _caught_up(gauges: dict[str, float]) -> bool:
+    return (
+        gauges.get("recsys_trainer_events_behind_live", -1) == 0
+        and gauges.get("recsys_trainer_oldest_unserved_event_timestamp_seconds", -1) == 0
+        and gauges.get("recsys_trainer_live_newest_event_timestamp_seconds", 0) > 0
+    )

@@ -13,6 +13,8 @@ STATUS = {
     "last_publish": 1_700_000_000.5,
     "gate_rejections_in_a_row": 2,
     "full_retrain_running": True,
+    "live_newest_event_appended_at": 1_700_000_100.25,
+    "oldest_unserved_appended_at": 1_700_000_200.5,
 }
 
 
@@ -27,6 +29,8 @@ def test_the_gauges_say_how_far_the_served_version_is_behind_the_log() -> None:
     assert _value("recsys_trainer_last_publish_timestamp_seconds") == 1_700_000_000.5
     assert _value("recsys_trainer_gate_rejections_in_a_row") == 2
     assert _value("recsys_trainer_full_retrain_running") == 1
+    assert _value("recsys_trainer_live_newest_event_timestamp_seconds") == 1_700_000_100.25
+    assert _value("recsys_trainer_oldest_unserved_event_timestamp_seconds") == 1_700_000_200.5
     metrics.update({**STATUS, "log_end_offset": 0, "live_trained_offset": 0})
     assert _value("recsys_trainer_events_behind_live") == 0
 
