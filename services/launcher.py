@@ -22,6 +22,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shared import tls
 from shared.config import (
     DEFAULT_HOST,
     DEFAULT_METRICS_PORTS,
@@ -227,8 +228,18 @@ def free_ports(count: int, replicas: int = 1, host: str = DEFAULT_HOST) -> list[
             sock.close()
 
 
+def _health_channel(address: str) -> grpc.Channel:
+    """With TLS on (RECSYS_TLS_*), the launcher asks as one of the suite's own."""
+    files = tls.files_for_calls()
+    if files is None:
+        return grpc.insecure_channel(address)
+    identity = files.read()
+    credentials = grpc.ssl_channel_credentials(identity.ca, identity.key, identity.cert)
+    return grpc.secure_channel(address, credentials)
+
+
 def is_serving(address: str, timeout_s: float = 1.0) -> bool:
-    with grpc.insecure_channel(address) as ch:
+    with _health_channel(address) as ch:
         try:
             reply = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout_s

@@ -27,6 +27,7 @@ from tritonclient.grpc import InferInput
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
+from shared import tls
 from shared.clients import OPTIONS
 from shared.config import CONTROL_KEY_HEADER
 from shared.targets import Target
@@ -88,23 +89,44 @@ class EmbeddingClient:
         self.backoff_s = backoff_s
         self._max_batch: dict[str, int] = {}
         self._target = Target.parse(address)
+        # Mutual TLS with this process's identity when it has one, followed through rotation.
+        files = tls.files_for_calls()
+        self._reloading = tls.Reloading(files) if files else None
+        self._checked = time.monotonic()
+        self._retired: list[InferenceServerClient] = []
         # A list of replicas or a DNS name too: calls are spread over them (shared/targets.py).
-        self._client = InferenceServerClient(address, channel_args=OPTIONS)
+        self._spread = self._open(address)
         self._replicas: dict[str, InferenceServerClient] = {}  # by endpoint, for control
 
+    def _open(self, address: str) -> InferenceServerClient:
+        if self._reloading is None:
+            return InferenceServerClient(address, channel_args=OPTIONS)
+        credentials = tls.channel_credentials(self._reloading.identity)
+        return InferenceServerClient(address, creds=credentials, channel_args=OPTIONS)
+
+    @property
+    def _client(self) -> InferenceServerClient:
+        """The client of the whole address; after a certificate rotation, new clients (the
+        old ones are closed with this one)."""
+        now = time.monotonic()
+        if self._reloading is not None and now - self._checked >= tls.RELOAD_CHECK_S:
+            self._checked = now
+            if self._reloading.changed() is not None:
+                self._retired += [self._spread, *self._replicas.values()]
+                self._spread, self._replicas = self._open(self.address), {}
+        return self._spread
+
     async def close(self) -> None:
-        await self._client.close()
-        for replica in self._replicas.values():
-            await replica.close()
+        for client in [self._spread, *self._replicas.values(), *self._retired]:
+            await client.close()
 
     def _replica(self, endpoint: str) -> InferenceServerClient:
+        spread = self._client
         if not self._target.replicated:
-            return self._client
+            return spread
         client = self._replicas.get(endpoint)
         if client is None:
-            client = self._replicas[endpoint] = InferenceServerClient(
-                endpoint, channel_args=OPTIONS
-            )
+            client = self._replicas[endpoint] = self._open(endpoint)
         return client
 
     async def _on_every_replica(

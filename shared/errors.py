@@ -43,6 +43,22 @@ class FailedPrecondition(ServiceError):
 class ResourceExhausted(ServiceError):
     status_name = "RESOURCE_EXHAUSTED"
 
+    def __init__(self, message: str, retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # > 0: sent as google.rpc.RetryInfo
+
+
+class StreamIdle(ServiceError):
+    status_name = "DEADLINE_EXCEEDED"
+
+
+class Unauthenticated(ServiceError):
+    status_name = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ServiceError):
+    status_name = "PERMISSION_DENIED"
+
 
 class Unavailable(ServiceError):
     status_name = "UNAVAILABLE"

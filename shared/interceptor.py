@@ -13,14 +13,21 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 
-from shared.errors import ServiceError, Undecodable
+from shared.errors import ResourceExhausted, ServiceError, StreamIdle, Undecodable
 from shared.metrics import RPC_HANDLED, RPC_LATENCY, RPC_STARTED
 
+if TYPE_CHECKING:
+    from shared.access import Access
+
 log = logging.getLogger("shared.rpc")
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 # Codes from a downstream service that the caller should see as they are; anything else
 # from downstream (deadline, unavailable) means this service cannot answer now.
@@ -38,6 +45,8 @@ _LOG_LEVELS = {
     grpc.StatusCode.CANCELLED: logging.DEBUG,
     grpc.StatusCode.INVALID_ARGUMENT: logging.INFO,
     grpc.StatusCode.NOT_FOUND: logging.INFO,
+    grpc.StatusCode.UNAUTHENTICATED: logging.INFO,
+    grpc.StatusCode.PERMISSION_DENIED: logging.INFO,
     grpc.StatusCode.INTERNAL: logging.ERROR,
 }
 _QUIET_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
@@ -73,8 +82,20 @@ def _with_notes(message: str, error: BaseException) -> str:
     return "; ".join([message, *getattr(error, "__notes__", ())])
 
 
-async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for request in requests:
+async def _decoded(requests: AsyncIterator[Any], idle_s: float) -> AsyncIterator[Any]:
+    """The requests of a stream, decoded; a stream that sends nothing for `idle_s` (0: no
+    limit) is ended, so an abandoned client does not hold a call slot for ever."""
+    iterator = aiter(requests)
+    while True:
+        try:
+            if idle_s > 0:
+                request = await asyncio.wait_for(anext(iterator), idle_s)
+            else:
+                request = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise StreamIdle(f"no message for {idle_s:g} s: the stream is closed") from None
         if request is UNDECODED:
             raise Undecodable()
         yield request
@@ -96,6 +117,11 @@ class _Call:
 
     async def fail(self, context: grpc.aio.ServicerContext, error: BaseException) -> None:
         """Records the error's status and aborts the call with it (abort raises)."""
+        if isinstance(error, ResourceExhausted) and error.retry_after_s > 0:
+            self.code = status_of(error)
+            await context.abort(
+                self.code, error.message, _retry_info(self.code, error.message, error)
+            )
         if isinstance(error, ServiceError):
             self.code, message = status_of(error), error.message
         elif isinstance(error, grpc.aio.AioRpcError):
@@ -127,16 +153,40 @@ class _Call:
             log.log(level, "rpc", extra=fields)
 
 
+def _retry_info(
+    code: grpc.StatusCode, message: str, error: ResourceExhausted
+) -> tuple[tuple[str, bytes], ...]:
+    """google.rpc.Status with a RetryInfo, as trailing metadata: how long to wait."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(1, round(error.retry_after_s * 1e9)))
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """What every call passes before its handler: who may call (None: anyone), and how
+    long a request stream may be silent (0: for ever)."""
+
+    access: Access | None = None
+    stream_idle_s: float = 0.0
+
+
 def _wrap_single(
     behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
     method: str,
     streamed_requests: bool,
+    guard: Guard,
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         call = _Call(method)
         try:
+            if guard.access is not None:
+                guard.access.check(method, context)
             if streamed_requests:
-                request = _decoded(request)
+                request = _decoded(request, guard.stream_idle_s)
             elif request is UNDECODED:
                 raise Undecodable()
             return await behavior(request, context)
@@ -157,12 +207,15 @@ def _wrap_stream(
     behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
     method: str,
     streamed_requests: bool,
+    guard: Guard,
 ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         call = _Call(method)
         try:
+            if guard.access is not None:
+                guard.access.check(method, context)
             if streamed_requests:
-                request = _decoded(request)
+                request = _decoded(request, guard.stream_idle_s)
             elif request is UNDECODED:
                 raise Undecodable()
             responses = behavior(request, context)
@@ -185,9 +238,10 @@ def _wrap_stream(
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
+    def __init__(self, guard: Guard | None = None) -> None:
         # One wrapped handler per method, made once: this runs on every call's hot path.
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._guard = guard or Guard()
 
     async def intercept_service(
         self,
@@ -200,27 +254,27 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             handler = await continuation(handler_call_details)
             if handler is None:
                 return handler
-            wrapped = self._wrapped[method] = _wrap(handler, method)
+            wrapped = self._wrapped[method] = _wrap(handler, method, self._guard)
         return wrapped
 
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def _wrap(handler: grpc.RpcMethodHandler, method: str, guard: Guard) -> grpc.RpcMethodHandler:
     codec = {
         "request_deserializer": _tolerant(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_single(handler.unary_unary, method, False), **codec
+            _wrap_single(handler.unary_unary, method, False, guard), **codec
         )
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            _wrap_single(handler.stream_unary, method, True), **codec
+            _wrap_single(handler.stream_unary, method, True, guard), **codec
         )
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(handler.unary_stream, method, False), **codec
+            _wrap_stream(handler.unary_stream, method, False, guard), **codec
         )
     return grpc.stream_stream_rpc_method_handler(
-        _wrap_stream(handler.stream_stream, method, True), **codec
+        _wrap_stream(handler.stream_stream, method, True, guard), **codec
     )

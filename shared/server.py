@@ -14,7 +14,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,8 +22,12 @@ from grpc_reflection.v1alpha import reflection
 
 from shared import logs
 from shared.config import ConfigError, ServerConfig
-from shared.interceptor import ObservabilityInterceptor
+from shared.interceptor import Guard, ObservabilityInterceptor
 from shared.metrics import serve_metrics
+from shared.tls import server_credentials, use_for_calls
+
+if TYPE_CHECKING:
+    from shared.access import Policy
 
 log = logging.getLogger("shared.server")
 
@@ -31,8 +35,6 @@ Hook = Callable[[], Awaitable[None]]
 C = TypeVar("C")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class GrpcService:
         startup: Hook = _noop,
         shutdown: Hook = _noop,
         readiness_from_startup: bool = True,
+        policy: Policy | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -64,6 +67,9 @@ class GrpcService:
         self._readiness_from_startup = readiness_from_startup
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        # Who may call what (shared/access.py); None: anyone, as on loopback by default.
+        self.access = config.access.build(policy, tls_on=config.tls is not None)
         self._stopping = asyncio.Event()
         self.port = 0
 
@@ -74,14 +80,38 @@ class GrpcService:
 
     def _new_server(self) -> grpc.aio.Server:
         # Made inside the running event loop: an aio server belongs to the loop it was made in.
+        size = self.config.max_message_bytes
         return grpc.aio.server(
-            interceptors=[ObservabilityInterceptor()],
+            interceptors=[ObservabilityInterceptor(Guard(self.access, self.config.stream_idle_s))],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", size),
+                ("grpc.max_send_message_length", size),
                 ("grpc.so_reuseport", 0),
             ],
+            # Beyond it a call is answered RESOURCE_EXHAUSTED at once, never queued.
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
+
+    def _listen(self, server: grpc.aio.Server, port: int, secure: bool) -> int:
+        address = f"{self.config.host}:{port}"
+        if secure and self.config.tls is not None:
+            credentials = server_credentials(self.config.tls, self.config.client_cert_required)
+            bound = server.add_secure_port(address, credentials)
+        else:
+            bound = server.add_insecure_port(address)
+        if bound == 0:
+            raise RuntimeError(f"cannot listen on {address}")
+        return bound
+
+    async def _start_health_port(self) -> None:
+        """Kubernetes' gRPC probes speak plaintext and present no certificate: with TLS on,
+        health alone is also served in plaintext on its own port."""
+        if self.config.tls is None or not self.config.health_port:
+            return
+        self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+        self._listen(self._health_server, self.config.health_port, secure=False)
+        await self._health_server.start()
 
     async def start(self) -> None:
         self._server = self._new_server()
@@ -93,11 +123,9 @@ class GrpcService:
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         await self.set_serving(False)
-        address = f"{self.config.host}:{self.config.port}"
-        self.port = self._server.add_insecure_port(address)
-        if self.port == 0:
-            raise RuntimeError(f"cannot listen on {address}")
+        self.port = self._listen(self._server, self.config.port, secure=True)
         await self._server.start()
+        await self._start_health_port()
         serve_metrics(self.config.host, self.config.metrics_port)
         log.info("listening", extra={"address": f"{self.config.host}:{self.port}"})
         await self._startup()
@@ -122,6 +150,8 @@ class GrpcService:
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.config.grace_s)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         await self._shutdown()
         log.info("stopped")
 
@@ -149,6 +179,9 @@ def run_main(name: str, load_config: Callable[[], C], build: Callable[[C], GrpcS
         config = load_config()
     except ConfigError as error:
         raise SystemExit(f"{name}: {error}") from None
+    server = getattr(config, "server", None)  # every service's config has its ServerConfig
+    if isinstance(server, ServerConfig):
+        use_for_calls(server.tls)  # the identity it serves with is the one it calls with
 
     async def serve() -> None:
         # Built inside the running loop: gRPC aio servers and channels belong to their loop.

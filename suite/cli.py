@@ -82,6 +82,20 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    from shared.access import new_token
+
+    try:
+        token, line = new_token(args.name, [s.strip() for s in args.scopes.split(",")])
+    except ValueError as error:
+        print(f"recsys: {error}", file=sys.stderr)
+        return 2
+    # The token goes to the client only; the line (its hash) to the service's token file.
+    print(f"token (give it to {args.name}; it is not stored anywhere): {token}")
+    print(f"line for the token file: {line}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     export.add_argument("--out", type=Path, required=True, help="the repository to write")
     export.add_argument("--version", type=int, default=None, help="default: the live version")
+    token = commands.add_parser(
+        "token", help="make a bearer token for a client and its line for the token file"
+    )
+    token.add_argument("--name", required=True, help="who the token is for (one word)")
+    token.add_argument("--scopes", required=True, help="comma-separated: read, write, admin")
     args = parser.parse_args(argv)
     handlers = {
         "up": _up,
@@ -148,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": _eval,
         "train": _train,
         "export": _export,
+        "token": _token,
     }
     return handlers[args.command](args)
 

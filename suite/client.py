@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -16,10 +18,33 @@ T = TypeVar("T")
 
 
 class GatewayClient:
-    def __init__(self, address: str, timeout_s: float = 10.0) -> None:
-        # The gateway's address, or a list of its replicas (shared/targets.py).
-        self.channel = grpc.insecure_channel(address, options=OPTIONS)
-        self.stub = gateway_pb2_grpc.GatewayServiceStub(self.channel)
+    """`address`: the gateway's, or a list of its replicas (shared/targets.py). `ca`: the
+    CA bundle that signed the gateway's certificate (TLS; None: plaintext), with `cert`
+    and `key` where the gateway asks for client certificates; `token`: the bearer token
+    sent with every call where the gateway asks for one (`recsys token`)."""
+
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float = 10.0,
+        token: str | None = None,
+        ca: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+    ) -> None:
+        if ca is None:
+            self.channel = grpc.insecure_channel(address, options=OPTIONS)
+        else:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=ca.read_bytes(),
+                private_key=key.read_bytes() if key else None,
+                certificate_chain=cert.read_bytes() if cert else None,
+            )
+            self.channel = grpc.secure_channel(address, credentials, options=OPTIONS)
+        calls = self.channel
+        if token is not None:
+            calls = grpc.intercept_channel(self.channel, _Bearer(token))
+        self.stub = gateway_pb2_grpc.GatewayServiceStub(calls)
         self.timeout_s = timeout_s
 
     def close(self) -> None:
@@ -37,6 +62,41 @@ class GatewayClient:
         request = gateway_pb2.GetItemsRequest(item_ids=list(item_ids), allow_missing=True)
         reply = self.stub.GetItems(request, timeout=self.timeout_s)
         return {item.item_id: item.title for item in reply.items}
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
+    """`authorization: Bearer <token>` on every call (a channel interceptor, since gRPC
+    sends call credentials only over TLS and a token may guard a plaintext loopback)."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = [*(details.metadata or ()), self._metadata]
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), requests)
+
+
+class _CallDetails(
+    namedtuple(
+        "_CallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
 
 
 def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:

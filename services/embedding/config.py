@@ -13,6 +13,7 @@ from shared.config import (
     model_dir,
     triton_control_key,
 )
+from shared.tls import TlsFiles, tls_files
 
 PREFIX = "RECSYS_EMBEDDING_"
 
@@ -30,6 +31,7 @@ class EmbeddingConfig:
     torch_threads: int
     log_verbose: int
     control_key: str  # "": Triton's model-control API is open (shared/config.triton_control_key)
+    tls: TlsFiles | None = None  # Triton's gRPC endpoint with mutual TLS (shared/tls.py)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> EmbeddingConfig:
@@ -48,4 +50,5 @@ class EmbeddingConfig:
             torch_threads=env.integer("TORCH_THREADS", 1, minimum=1, maximum=256),
             log_verbose=env.integer("LOG_VERBOSE", 0, minimum=0, maximum=3),
             control_key=triton_control_key(environ),
+            tls=tls_files("embedding", environ),
         )

@@ -7,6 +7,7 @@ the interpreter's libpython and the wheel's libraries go on LD_LIBRARY_PATH.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import sys
 import sysconfig
@@ -15,6 +16,18 @@ from pathlib import Path
 
 from services.embedding.config import EmbeddingConfig
 from shared.config import CONTROL_KEY_HEADER
+
+# Triton's API groups (--http-restricted-api) other than health.
+HTTP_APIS_BUT_HEALTH = (
+    "metadata",
+    "inference",
+    "shared-memory",
+    "model-config",
+    "model-repository",
+    "statistics",
+    "trace",
+    "logging",
+)
 
 
 class TritonUnavailable(RuntimeError):
@@ -135,13 +148,29 @@ def server_command(config: EmbeddingConfig, environ: dict[str, str] | None = Non
     if config.control_key:
         # Loads and unloads only with the key (the trainer's); inference and health stay open.
         argv.append(f"--grpc-restricted-protocol={restricted}")
+    if config.tls is not None:
+        # Triton reads these at start: a rotation takes a restart (a rolling one on K8s).
+        argv += [
+            "--grpc-use-ssl=true",
+            "--grpc-use-ssl-mutual=true",
+            f"--grpc-server-cert={config.tls.cert}",
+            f"--grpc-server-key={config.tls.key}",
+            f"--grpc-root-cert={config.tls.ca}",
+        ]
     if config.http_port:
         argv += [
             "--allow-http=true",
             f"--http-address={config.host}",
             f"--http-port={config.http_port}",
         ]
-        if config.control_key:
+        if config.tls is not None:
+            # Triton's HTTP has no TLS: with TLS on it is for probes only, everything but
+            # health behind a key that nobody is given.
+            closed = ",".join(HTTP_APIS_BUT_HEALTH)
+            argv.append(
+                f"--http-restricted-api={closed}:{CONTROL_KEY_HEADER}={secrets.token_hex(32)}"
+            )
+        elif config.control_key:
             argv.append(f"--http-restricted-api={restricted}")
     else:
         argv.append("--allow-http=false")

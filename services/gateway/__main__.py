@@ -15,6 +15,7 @@ from recsys.trainer.v1 import trainer_pb2_grpc
 from services.gateway.config import GatewayConfig
 from services.gateway.servicer import GatewayServicer
 from services.gateway.serving import ServingModel
+from shared.access import Policy
 from shared.clients import channel
 from shared.embedding_client import EmbeddingClient
 from shared.model_store import ModelStore
@@ -22,6 +23,21 @@ from shared.retrieval_client import ReplicatedRetrieval
 from shared.server import GrpcService, ServiceBinding, run_main
 
 SERVICE_NAME = "recsys.gateway.v1.GatewayService"
+# The scope each method needs once clients must authenticate (RECSYS_GATEWAY_TOKENS_FILE).
+POLICY = Policy.of(
+    SERVICE_NAME,
+    {
+        "Recommend": "read",
+        "SimilarItems": "read",
+        "GetItems": "read",
+        "GetStatus": "read",
+        "LogEvents": "write",
+        "StreamEvents": "write",
+        "UpsertItems": "write",
+        "DeleteItems": "write",
+        "ForgetUser": "admin",
+    },
+)
 DEPENDENCY_POLL_S = 1.0
 log = logging.getLogger(__name__)
 
@@ -73,6 +89,7 @@ class Gateway:
             self.startup,
             self.shutdown,
             readiness_from_startup=False,
+            policy=POLICY,
         )
         self._tasks: list[asyncio.Task[None]] = []
 

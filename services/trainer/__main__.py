@@ -13,10 +13,26 @@ from services.trainer import metrics
 from services.trainer.config import TrainerConfig
 from services.trainer.ray_runtime import create_actor, start_ray
 from services.trainer.servicer import TrainerServicer
+from shared.access import ANY_CERTIFICATE, Policy
 from shared.errors import Unavailable
 from shared.server import GrpcService, ServiceBinding, run_main
 
 SERVICE_NAME = "recsys.trainer.v1.TrainerService"
+# With TLS on, any of the suite's certificates may read the trainer's status and forget a
+# user (the gateway passes ForgetUser on); only an operator, with an admin token or a
+# certificate named in RECSYS_TRAINER_ADMIN_IDENTITIES, retrains or rolls back.
+POLICY = Policy.of(
+    SERVICE_NAME,
+    {
+        "GetStatus": "read",
+        "WaitUntilTrained": "read",
+        "ForgetUser": "write",
+        "TriggerRetrain": "admin",
+        "Rollback": "admin",
+    },
+    identities={"read": frozenset({ANY_CERTIFICATE}), "write": frozenset({ANY_CERTIFICATE})},
+    open_without_tls=frozenset({"read", "write"}),
+)
 log = logging.getLogger(__name__)
 
 
@@ -58,7 +74,7 @@ def build(config: TrainerConfig) -> GrpcService:
                 log.exception("the trainer actor did not stop cleanly")
         await asyncio.to_thread(ray.shutdown)
 
-    return GrpcService("trainer", config.server, [binding], startup, shutdown)
+    return GrpcService("trainer", config.server, [binding], startup, shutdown, policy=POLICY)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import ray
 from services.trainer.config import TrainerConfig
 from services.trainer.continual_trainer import ContinualTrainer, ForgetReport
 from services.trainer.full_retrain import RetrainRequest, RetrainResult, full_retrain
-from shared import logs
+from shared import logs, tls
 
 log = logging.getLogger(__name__)
 NAMESPACE = "recsys"
@@ -87,6 +87,8 @@ class Trainer:
 
     def __init__(self, config: TrainerConfig) -> None:
         logs.configure("trainer")
+        # This actor's process is Ray's, not the service's: it calls with the same identity.
+        tls.use_for_calls(config.server.tls)
         import torch
 
         torch.set_num_threads(config.job.train.threads)

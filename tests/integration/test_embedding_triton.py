@@ -24,8 +24,10 @@ import torch
 from services.embedding.config import EmbeddingConfig
 from services.embedding.runtime import prepare, server_command
 from services.trainer.two_tower import TowerConfig, TwoTowerModel, export_towers, tower_io
+from shared import tls
 from shared.embedding_client import ITEM_TOWER, USER_TOWER, EmbeddingClient
 from shared.triton_repository import TOWERS, Repository, model_config, read_config
+from tests.certs import Authority, Issued
 from tests.conftest import HOST, free_port
 from tests.unit.test_k8s import TRITON_METRICS
 
@@ -360,3 +362,61 @@ def test_local_config_uses_the_python_backend_on_cpu() -> None:
     assert config.backend == "python"
     assert list(config.version_policy.specific.versions) == [1, 3]
     assert config.dynamic_batching.max_queue_delay_microseconds > 0
+
+
+def test_with_tls_triton_takes_only_the_suites_certificates_and_http_only_probes(
+    tmp_path: Path,
+) -> None:
+    suite, stranger = Authority.new("recsys CA"), Authority.new("someone else's CA")
+    server = suite.issue(tmp_path / "embedding", "embedding")
+    caller, outsider = (
+        suite.issue(tmp_path / "gateway", "gateway"),
+        stranger.issue(tmp_path / "outsider", "gateway"),
+    )
+    outsider.ca.write_bytes(suite.pem())  # it trusts Triton; Triton does not trust it
+    repository = Repository(tmp_path / "repository")
+    exports = {1: export_towers(_model(1), tmp_path / "export-1")}
+    port, http_port = free_port(), free_port()
+    env = dict(
+        os.environ,
+        RECSYS_DATA_DIR=str(tmp_path),
+        RECSYS_EMBEDDING_PORT=str(port),
+        RECSYS_EMBEDDING_HTTP_PORT=str(http_port),
+        RECSYS_EMBEDDING_METRICS_PORT="0",
+        RECSYS_EMBEDDING_REPOSITORY=str(repository.root),
+        **server.env("RECSYS_EMBEDDING_TLS_"),
+    )
+    command = server_command(EmbeddingConfig.from_env(env), env)
+    process = subprocess.Popen(
+        command.argv, env=command.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    triton = Triton(f"{HOST}:{port}", repository, exports, process, http_port, 0)
+    users, history, weights = _user_inputs(2)
+
+    async def infer(client: EmbeddingClient) -> np.ndarray:
+        return await client.user_vectors(1, users, history, weights)
+
+    def as_caller(issued: Issued | None, body: object) -> object:
+        tls.use_for_calls(tls.TlsFiles(issued.cert, issued.key, issued.ca) if issued else None)
+        try:
+            return asyncio.run(_with_client(triton.address, body, control_key=""))
+        finally:
+            tls.use_for_calls(None)
+
+    try:
+        _publish(triton, 1, [1])
+        as_caller(caller, _wait_and_load)
+        vectors = as_caller(caller, infer)
+        assert np.asarray(vectors).shape == (2, TOWER.dim)
+        for who in (None, outsider):
+            with pytest.raises(Exception):  # noqa: B017 - refused at the handshake, however named
+                as_caller(who, infer)
+        http = f"http://{HOST}:{http_port}"
+        with urllib.request.urlopen(f"{http}/v2/health/ready", timeout=5) as ready:
+            assert ready.status == 200
+        for path in (f"/v2/models/{USER_TOWER}", "/v2/repository/index"):
+            with pytest.raises(urllib.error.HTTPError):
+                urllib.request.urlopen(urllib.request.Request(f"{http}{path}", b"{}"), timeout=5)
+    finally:
+        process.terminate()
+        process.wait(30)

@@ -13,9 +13,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from shared.access import Policy
 from shared.config import ServerConfig
 from shared.errors import InvalidArgument
 from shared.server import GrpcService, ServiceBinding
+from shared.tls import peer_identities
 from tests.conftest import HOST, free_port
 
 SERVICE = "recsys.gateway.v1.GatewayService"
@@ -29,6 +31,8 @@ class ScriptedGateway(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument("item_ids[0]", "is bad")
         if request.item_ids == ["slow"]:
             await asyncio.sleep(1.0)
+        if request.item_ids == ["whoami"]:  # the names of the caller's certificate
+            return gateway_pb2.GetItemsResponse(missing_item_ids=sorted(peer_identities(context)))
         return gateway_pb2.GetItemsResponse(missing_item_ids=list(request.item_ids))
 
     async def StreamEvents(self, request_iterator, context):  # type: ignore[no-untyped-def]
@@ -39,12 +43,15 @@ class ScriptedGateway(gateway_pb2_grpc.GatewayServiceServicer):
 
 
 class ServerThread:
-    def __init__(self) -> None:
-        self.config = ServerConfig(HOST, free_port(), free_port(), grace_s=5.0)
+    """A GrpcService with the scripted servicer, on its own loop in a thread; `config`
+    defaults to plaintext on free ports."""
+
+    def __init__(self, config: ServerConfig | None = None, policy: Policy | None = None) -> None:
+        self.config = config or ServerConfig(HOST, free_port(), free_port(), grace_s=5.0)
         binding = ServiceBinding(
             SERVICE, gateway_pb2_grpc.add_GatewayServiceServicer_to_server, ScriptedGateway()
         )
-        self.service = GrpcService("test", self.config, [binding])
+        self.service = GrpcService("test", self.config, [binding], policy=policy)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._run(),))
         self.started = threading.Event()
