@@ -21,9 +21,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared import logs
-from shared.config import ConfigError, ServerConfig
+from shared.config import ConfigError
 from shared.interceptor import Guard, ObservabilityInterceptor
 from shared.metrics import serve_metrics
+from shared.server_config import ServerConfig
 from shared.tls import server_credentials, use_for_calls
 
 if TYPE_CHECKING:

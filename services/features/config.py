@@ -7,7 +7,8 @@ from pathlib import Path
 from services.features.behaviour import HISTORY_CACHE_IDS
 from services.features.co_occurrence import NEIGHBOURS, WINDOW
 from services.features.trending import Trending
-from shared.config import Env, ServerConfig, data_root
+from shared.config import Env, data_root
+from shared.server_config import ServerConfig
 
 PREFIX = "RECSYS_FEATURES_"
 DAY_S = 86_400.0

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.gateway.recommend import TUNED_SETTINGS, RankingSettings
-from shared.config import Env, ServerConfig, default_address, model_dir
+from shared.config import Env, default_address, model_dir
+from shared.server_config import ServerConfig
 
 PREFIX = "RECSYS_GATEWAY_"
 

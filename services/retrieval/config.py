@@ -7,7 +7,8 @@ from pathlib import Path
 from services.retrieval.catch_up import CatchUpSettings
 from services.retrieval.indexes import MAX_EXPORT_PAGE
 from services.retrieval.vector_index import IndexSettings
-from shared.config import NO_ADDRESS, Env, ServerConfig, data_root
+from shared.config import NO_ADDRESS, Env, data_root
+from shared.server_config import ServerConfig
 
 PREFIX = "RECSYS_RETRIEVAL_"
 

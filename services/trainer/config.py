@@ -13,7 +13,8 @@ from services.trainer.continual_learner import ContinualConfig
 from services.trainer.gate import GateConfig
 from services.trainer.ranking_tuner import Signals, TunerConfig
 from services.trainer.training_job import PREFIX, JobConfig
-from shared.config import Env, ServerConfig, data_root
+from shared.config import Env, data_root
+from shared.server_config import ServerConfig
 
 
 @dataclass(frozen=True)

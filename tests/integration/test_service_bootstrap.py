@@ -14,9 +14,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from shared.access import Policy
-from shared.config import ServerConfig
 from shared.errors import InvalidArgument
 from shared.server import GrpcService, ServiceBinding
+from shared.server_config import ServerConfig
 from shared.tls import peer_identities
 from tests.conftest import HOST, free_port
 
