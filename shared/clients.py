@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from shared import tls
-from shared.targets import channel_options
+from shared.targets import Target, channel_options
 
 # What a client takes and sends: each server's own limit (shared/config.py) is the bound.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -23,14 +23,23 @@ OPTIONS: list[tuple[str, str | int]] = [*SIZES, *channel_options()]
 RETIRED_GRACE_S = 30.0  # calls on a channel replaced by a reload get this long to finish
 
 
-def channel(address: str, health_checked: bool = False) -> grpc.aio.Channel:
+def channel(
+    address: str, health_checked: bool = False, server_name: str | None = None
+) -> grpc.aio.Channel:
     """A channel to a service's address: one instance, or replicas (shared/targets.py);
-    `health_checked`: calls go only to endpoints whose health check says SERVING."""
+    `health_checked`: calls go only to endpoints whose health check says SERVING;
+    `server_name`: the name the peer's certificate carries, where `address` is one
+    endpoint (an IP) of a named service (Target.server_name)."""
     options = [*SIZES, *channel_options(health_checked)] if health_checked else OPTIONS
     files = tls.files_for_calls()
     if files is None:
         return grpc.aio.insecure_channel(address, options=options)
-    return ReloadingChannel(address, options, files)
+    name = server_name or Target.parse(address).server_name
+    return ReloadingChannel(address, [*options, *tls_name(name)], files)
+
+
+def tls_name(server_name: str | None) -> list[tuple[str, str | int]]:
+    return [("grpc.ssl_target_name_override", server_name)] if server_name else []
 
 
 class ReloadingChannel(grpc.aio.Channel):

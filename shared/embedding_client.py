@@ -28,7 +28,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from shared import tls
-from shared.clients import OPTIONS
+from shared.clients import OPTIONS, tls_name
 from shared.config import CONTROL_KEY_HEADER
 from shared.targets import Target
 
@@ -102,7 +102,9 @@ class EmbeddingClient:
         if self._reloading is None:
             return InferenceServerClient(address, channel_args=OPTIONS)
         credentials = tls.channel_credentials(self._reloading.identity)
-        return InferenceServerClient(address, creds=credentials, channel_args=OPTIONS)
+        # A replica's endpoint is an IP; its certificate carries the service's name.
+        named = tls_name(self._target.server_name)
+        return InferenceServerClient(address, creds=credentials, channel_args=OPTIONS + named)
 
     @property
     def _client(self) -> InferenceServerClient:

@@ -44,7 +44,7 @@ class ReplicatedRetrieval(retrieval_pb2_grpc.RetrievalServiceStub):
 
     def _replica(self, endpoint: str) -> Stub:
         if endpoint not in self._replicas:
-            opened = channel(endpoint)
+            opened = channel(endpoint, server_name=self._target.server_name)
             self._replicas[endpoint] = (opened, retrieval_pb2_grpc.RetrievalServiceStub(opened))
         return self._replicas[endpoint][1]
 

@@ -77,6 +77,16 @@ class Target:
         """Whether the address may name several endpoints."""
         return self.text.startswith((*STATIC_SCHEMES, DNS_SCHEME))
 
+    @property
+    def server_name(self) -> str | None:
+        """The name a TLS peer's certificate must carry, whichever endpoint answers: the DNS
+        name, or the host; for listed addresses the first one's (gRPC would check the
+        whole list as one name), so replicas that share a certificate pass."""
+        if self.text.startswith(STATIC_SCHEMES):
+            return self.endpoints()[0].rpartition(":")[0].strip("[]")
+        name = _dns_name(self.text) if self.text.startswith(DNS_SCHEME) else self.text
+        return name.rpartition(":")[0]
+
     def endpoints(self) -> list[str]:
         """The `host:port` of every endpoint the address names now: a DNS name is resolved
         anew on each call (pods come and go)."""

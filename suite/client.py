@@ -10,9 +10,10 @@ from typing import TypeVar
 import grpc
 
 from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from shared.clients import OPTIONS
+from shared.clients import OPTIONS, tls_name
 from shared.convert import item_to_proto
 from shared.items import Item
+from shared.targets import Target
 
 T = TypeVar("T")
 
@@ -40,7 +41,8 @@ class GatewayClient:
                 private_key=key.read_bytes() if key else None,
                 certificate_chain=cert.read_bytes() if cert else None,
             )
-            self.channel = grpc.secure_channel(address, credentials, options=OPTIONS)
+            named = [*OPTIONS, *tls_name(Target.parse(address).server_name)]
+            self.channel = grpc.secure_channel(address, credentials, options=named)
         calls = self.channel
         if token is not None:
             calls = grpc.intercept_channel(self.channel, _Bearer(token))

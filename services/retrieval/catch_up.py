@@ -64,8 +64,9 @@ async def catch_up(registry: IndexRegistry, settings: CatchUpSettings) -> Caught
         except OSError as error:
             log.warning("could not resolve the peers", extra={"why": str(error)})
             endpoints = []
+        name = Target.parse(settings.peers).server_name
         for endpoint in endpoints:
-            peer = channel(endpoint)
+            peer = channel(endpoint, server_name=name)
             try:
                 # This replica is among the endpoints too: it is not SERVING yet.
                 if not await _serving(peer, settings.timeout_s):

@@ -47,6 +47,7 @@ from typing import Any
 import dockerfile
 
 from services.launcher import is_serving
+from tests.certs import Authority
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -445,16 +446,48 @@ def resolve_named_ports(documents: tuple[dict[str, Any], ...]) -> None:
                         probe[kind]["port"] = ports[probe[kind]["port"]]
 
 
+def issue_certificates(cluster: LocalCluster, authority: Authority) -> dict[str, dict[str, str]]:
+    """What cert-manager makes of each Certificate: its Secret (tls.crt, tls.key, ca.crt)
+    from `authority`, for the Certificate's names and, standing in for the DNS that maps
+    them to pods, the addresses of the pods that mount the Secret."""
+    made: dict[str, dict[str, str]] = {}
+    for doc in cluster.documents:
+        if doc["kind"] != "Certificate":
+            continue
+        spec = doc["spec"]
+        mounting = [
+            p.ip
+            for p in cluster.pods
+            if any(
+                v.get("secret", {}).get("secretName") == spec["secretName"]
+                for v in p.spec.get("volumes", [])
+            )
+        ]
+        folder = cluster.root / "issued" / spec["secretName"]
+        issued = authority.issue(folder, spec["commonName"], (*spec["dnsNames"], *mounting))
+        made[spec["secretName"]] = {
+            "tls.crt": issued.cert.read_text(),
+            "tls.key": issued.key.read_text(),
+            "ca.crt": issued.ca.read_text(),
+        }
+    return made
+
+
 @contextlib.contextmanager
 def running(
     documents: tuple[dict[str, Any], ...],
     workloads: list[str],
     root: Path,
     secrets: Mapping[str, Mapping[str, str]],
+    authority: Authority | None = None,
 ) -> Iterator[LocalCluster]:
+    """The workloads' pods running; with `authority`, the Certificates' Secrets are issued
+    by it, as cert-manager with an Issuer of that CA would."""
     resolve_named_ports(documents)
-    cluster = LocalCluster(documents, root, secrets)
+    cluster = LocalCluster(documents, root, dict(secrets))
     cluster.plan(workloads)
+    if authority is not None:
+        cluster.secrets = {**cluster.secrets, **issue_certificates(cluster, authority)}
     try:
         cluster.run(root / "logs")
         yield cluster

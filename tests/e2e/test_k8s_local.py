@@ -11,6 +11,7 @@ import secrets
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -20,7 +21,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from recsys.gateway.v1 import gateway_pb2
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from shared.access import new_token
 from suite.client import GatewayClient
+from tests.certs import Authority
 from tests.e2e.harness import TOY_STORY, TOY_STORY_2, catalogue
 from tests.e2e.k8s_local import LocalCluster, running
 from tests.e2e.test_trainer import ratings
@@ -30,21 +33,39 @@ pytestmark = pytest.mark.slow
 T = TypeVar("T")
 # Start order: what each one's readiness waits for first.
 WORKLOADS = ["features", "retrieval", "embedding", "RayCluster/recsys", "gateway"]
+# The backend's token (read and write) and a reader's, for the gateway; an operator's for
+# the trainer's admin calls: made as `recsys token` makes them, only hashes in the Secrets.
+BACKEND, BACKEND_LINE = new_token("shop-backend", ["read", "write"])
+READER, READER_LINE = new_token("dashboard", ["read"])
+OPERATOR, OPERATOR_LINE = new_token("operator", ["admin"])
 SECRETS = {
     "recsys-triton-control": {"key": "local-control-key"},
     "recsys-ray-token": {"token": secrets.token_hex(32)},
+    "recsys-gateway-tokens": {"tokens": f"{BACKEND_LINE}\n{READER_LINE}\n"},
+    "recsys-trainer-tokens": {"tokens": f"{OPERATOR_LINE}\n"},
 }
+# The CA behind the Issuer `recsys-issuer`: the Certificates' Secrets come from it.
+CA = Authority.new("recsys-issuer")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     root = tmp_path_factory.mktemp("k8s-cpu")
-    with running(rendered("cpu"), WORKLOADS, root, SECRETS) as local:
+    with running(rendered("cpu"), WORKLOADS, root, SECRETS, CA) as local:
         yield local
 
 
+@pytest.fixture(scope="module")
+def operator(tmp_path_factory: pytest.TempPathFactory) -> grpc.ChannelCredentials:
+    """A client certificate of the suite's CA, as an operator's tool would hold."""
+    issued = CA.issue(tmp_path_factory.mktemp("operator"), "operator")
+    return grpc.ssl_channel_credentials(
+        issued.ca.read_bytes(), issued.key.read_bytes(), issued.cert.read_bytes()
+    )
+
+
 def test_the_cpu_overlay_run_as_rendered_serves_items_events_and_recommendations(
-    cluster: LocalCluster,
+    cluster: LocalCluster, operator: grpc.ChannelCredentials, tmp_path: Path
 ) -> None:
     assert [p.name for p in cluster.pods] == [
         "features-0",
@@ -56,7 +77,10 @@ def test_the_cpu_overlay_run_as_rendered_serves_items_events_and_recommendations
         "gateway-0",
         "gateway-1",
     ]
-    client = GatewayClient(cluster.address_of("gateway"))
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(CA.pem())
+    gateway = cluster.address_of("gateway")
+    client = GatewayClient(gateway, token=BACKEND, ca=ca)
     try:
         items = catalogue()[:120] + [i for i in catalogue() if i.item_id == TOY_STORY_2]
         assert client.upsert(items) == len(items)
@@ -88,7 +112,7 @@ def test_the_cpu_overlay_run_as_rendered_serves_items_events_and_recommendations
         )
         assert rated.accepted == 200
         head = next(p for p in cluster.pods if p.name == "recsys-head")
-        with grpc.insecure_channel(cluster.address_of("trainer")) as channel:
+        with _secure(cluster.address_of("trainer"), operator) as channel:
             reply = trainer_pb2_grpc.TrainerServiceStub(channel).WaitUntilTrained(
                 trainer_pb2.WaitUntilTrainedRequest(offset=rated.last_offset, timeout_s=180),
                 timeout=190,
@@ -105,17 +129,51 @@ def test_the_cpu_overlay_run_as_rendered_serves_items_events_and_recommendations
         assert served, "the gateways never served the published version"
     finally:
         client.close()
+    _auth_is_on(gateway, ca, cluster.address_of("trainer"), operator)
     # The served version holds every event: the freshness gauges say so.
     gauges = _eventually(lambda: _trainer_gauges(f"{head.ip}:9154"), until=_caught_up)
     assert gauges["recsys_trainer_live_newest_event_timestamp_seconds"] > now.seconds - 600
     # Every write reached both retrieval replicas (the headless Service's two records).
     for replica in ("retrieval-0", "retrieval-1"):
         ip = next(p.ip for p in cluster.pods if p.name == replica)
-        assert _content_size(f"{ip}:50053") == len(items)
+        assert _content_size(f"{ip}:50053", operator) == len(items)
 
 
-def _content_size(address: str) -> int:
-    with grpc.insecure_channel(address) as channel:
+def _secure(address: str, credentials: grpc.ChannelCredentials) -> grpc.Channel:
+    return grpc.secure_channel(address, credentials)
+
+
+def _auth_is_on(gateway: str, ca: Path, trainer: str, operator: grpc.ChannelCredentials) -> None:
+    """What the overlay turns on: no token, no call; a reader cannot write; the trainer's
+    admin calls need an admin token even from a suite certificate; the internal ports take
+    no plaintext."""
+    codes = []
+    for token in (None, READER):
+        client = GatewayClient(gateway, token=token, ca=ca)
+        try:
+            event = gateway_pb2.Event(event_id="x", user_id="u", item_id=TOY_STORY)
+            client.stub.LogEvents(gateway_pb2.LogEventsRequest(events=[event]), timeout=10)
+        except grpc.RpcError as error:
+            codes.append(error.code())
+        finally:
+            client.close()
+    assert codes == [grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED]
+    with _secure(trainer, operator) as channel:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Rollback(trainer_pb2.RollbackRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        status = stub.GetStatus(trainer_pb2.GetStatusRequest(), timeout=10)
+        assert status.live_version
+    with grpc.insecure_channel(trainer) as channel, pytest.raises(grpc.RpcError) as plain:
+        trainer_pb2_grpc.TrainerServiceStub(channel).GetStatus(
+            trainer_pb2.GetStatusRequest(), timeout=5
+        )
+    assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _content_size(address: str, credentials: grpc.ChannelCredentials) -> int:
+    with _secure(address, credentials) as channel:
         stats = retrieval_pb2_grpc.RetrievalServiceStub(channel).GetIndexStats(
             retrieval_pb2.GetIndexStatsRequest(index="content"), timeout=5
         )

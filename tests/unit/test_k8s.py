@@ -81,6 +81,10 @@ def test_every_built_in_object_validates_strictly_against_the_kubernetes_schemas
             # by test_every_metric_the_monitoring_uses_is_one_the_suite_exports.
             assert doc["kind"] in ("ServiceMonitor", "PrometheusRule")
             continue
+        if doc["apiVersion"] == "cert-manager.io/v1":
+            # No schema for cert-manager's kinds: test_every_pod_has_its_own_certificate.
+            assert doc["kind"] == "Certificate"
+            continue
         if doc["apiVersion"] == "ray.io/v1":
             # No schema for KubeRay's kinds: their pod templates are validated as PodTemplates.
             assert doc["kind"] == "RayCluster"
@@ -302,7 +306,7 @@ def test_every_recsys_variable_the_manifests_set_is_one_a_service_reads(overlay:
             names |= {e["name"] for e in container.get("env", [])}
     unread = []
     for name in sorted(n for n in names if n.startswith("RECSYS_")):
-        prefixes = ["RECSYS_", *(f"RECSYS_{s.upper()}_" for s in SERVICES)]
+        prefixes = ["RECSYS_", "RECSYS_TLS_", *(f"RECSYS_{s.upper()}_" for s in SERVICES)]
         suffixes = [name.removeprefix(p) for p in prefixes if name.startswith(p)]
         if f'"{name}"' not in source and not any(f'"{s}"' in source for s in suffixes):
             unread.append(name)
@@ -390,7 +394,9 @@ def test_every_metric_the_monitoring_uses_is_one_the_suite_exports() -> None:
     assert with_metrics == monitored
 
 
-def _container_env(overlay: str, container: dict[str, Any], key_file: Path) -> dict[str, str]:
+def _container_env(overlay: str, container: dict[str, Any], mounted: Path) -> dict[str, str]:
+    """The container's environment; a file it names under a mount is read from `mounted`
+    (the test's stand-ins for the Secrets: a key, a certificate, a token file)."""
     config = {}
     for doc in _of_kind(overlay, "ConfigMap"):
         config[doc["metadata"]["name"]] = doc.get("data", {})
@@ -399,9 +405,25 @@ def _container_env(overlay: str, container: dict[str, Any], key_file: Path) -> d
         env.update(config[source["configMapRef"]["name"]])
     for entry in container.get("env", []):
         env[entry["name"]] = entry.get("value", "from-a-secret")
-    if "RECSYS_TRITON_CONTROL_KEY_FILE" in env:
-        env["RECSYS_TRITON_CONTROL_KEY_FILE"] = str(key_file)
+    mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
+    for name, value in env.items():
+        if name.endswith("_FILE"):
+            assert any(value.startswith(m + "/") for m in mounts), f"{name}={value}: not mounted"
+            env[name] = str(mounted / value.lstrip("/"))
     return env
+
+
+def _mounted_secrets(root: Path) -> Path:
+    """What the Secrets hold, at their mount paths under `root`."""
+    from shared.access import new_token
+    from tests.certs import Authority
+
+    Authority.new().issue(root / "etc/recsys/tls", "service")  # tls.crt, tls.key, ca.crt
+    (root / "etc/recsys/triton-control").mkdir(parents=True)
+    (root / "etc/recsys/triton-control/key").write_text("a-key\n")
+    (root / "etc/recsys/tokens").mkdir(parents=True)
+    (root / "etc/recsys/tokens/tokens").write_text(new_token("operator", ["admin"])[1] + "\n")
+    return root
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -418,8 +440,7 @@ def test_every_service_container_starts_from_its_rendered_environment(
     from services.retrieval.config import RetrievalConfig
     from services.trainer.config import TrainerConfig
 
-    key_file = tmp_path / "key"
-    key_file.write_text("a-key\n")
+    mounted = _mounted_secrets(tmp_path)
     configs: dict[str, Any] = {
         "gateway": GatewayConfig,
         "features": FeaturesConfig,
@@ -433,7 +454,7 @@ def test_every_service_container_starts_from_its_rendered_environment(
             config = configs.get(container["name"])
             if config is None or "command" in container:  # Ray's own, or the official Triton
                 continue
-            env = _container_env(overlay, container, key_file)
+            env = _container_env(overlay, container, mounted)
             loaded[container["name"]] = (config.from_env(env), container)
     expected = set(configs) if overlay == "cpu" else set(configs) - {"triton"}
     assert set(loaded) == expected
@@ -447,3 +468,72 @@ def test_every_service_container_starts_from_its_rendered_environment(
     assert trainer.job.triton_control_key == "a-key"
     expected_platform = "pytorch_libtorch" if overlay == "gpu" else "python"
     assert trainer.job.publish.triton_variant == expected_platform
+
+
+# The fields of cert-manager's Certificate (cert-manager.io/v1) that the manifests may use;
+# a typo in one would be ignored by no schema here, so it fails this test instead.
+CERTIFICATE_FIELDS = {
+    "secretName",
+    "commonName",
+    "dnsNames",
+    "duration",
+    "renewBefore",
+    "privateKey",
+    "usages",
+    "issuerRef",
+}
+PRIVATE_KEY_FIELDS = {"algorithm", "size", "rotationPolicy", "encoding"}
+USAGES = {"server auth", "client auth", "digital signature", "key encipherment"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_has_its_own_certificate_and_probes_that_need_none(overlay: str) -> None:
+    """Each pod mounts, where RECSYS_TLS_* points, the Secret of a Certificate that names
+    the Services selecting it (clients check those names); gRPC probes go to the
+    plaintext health port the container is told (a probe has no client certificate)."""
+    certificates = {c["spec"]["secretName"]: c for c in _of_kind(overlay, "Certificate")}
+    assert len(certificates) == len(SERVICES)
+    for certificate in certificates.values():
+        spec = certificate["spec"]
+        assert set(spec) <= CERTIFICATE_FIELDS, set(spec) - CERTIFICATE_FIELDS
+        assert set(spec["privateKey"]) <= PRIVATE_KEY_FIELDS
+        assert {"server auth", "client auth"} <= set(spec["usages"]) <= USAGES
+        assert spec["issuerRef"]["kind"] in ("Issuer", "ClusterIssuer")
+    config = _of_kind(overlay, "ConfigMap")[0]["data"]
+    assert config["RECSYS_TLS_CERT_FILE"] == "/etc/recsys/tls/tls.crt"
+    services = _of_kind(overlay, "Service")
+    for name, spec in _pod_specs(overlay):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        labels = _pod_labels(overlay, name)
+        selecting = {
+            s["metadata"]["name"]
+            for s in services
+            if all(labels.get(k) == v for k, v in s["spec"]["selector"].items())
+        }
+        for container in spec["containers"]:
+            if "envFrom" not in container:
+                continue  # Ray's own head container: it calls no service
+            mount = next(
+                m for m in container["volumeMounts"] if m["mountPath"] == "/etc/recsys/tls"
+            )
+            secret = volumes[mount["name"]]["secret"]["secretName"]
+            names = set(certificates[secret]["spec"]["dnsNames"])
+            assert selecting <= names, (name, selecting, names)
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            health = [v for k, v in env.items() if k.endswith("_HEALTH_PORT")]
+            for key in ("startupProbe", "readinessProbe"):
+                probe = container.get(key, {})
+                if "grpc" in probe:
+                    assert health == [str(probe["grpc"]["port"])], (name, key)
+
+
+def _pod_labels(overlay: str, name: str) -> dict[str, str]:
+    for doc in rendered(overlay):
+        if doc["kind"] in ("Deployment", "StatefulSet") and doc["metadata"]["name"] == name:
+            return dict(doc["spec"]["template"]["metadata"]["labels"])
+        if doc["kind"] == "RayCluster":
+            for group, template in _ray_pod_templates(doc):
+                if name == f"ray-{group}":
+                    node = "head" if group == "head" else "worker"
+                    return {**template["metadata"]["labels"], "ray.io/node-type": node}
+    raise AssertionError(name)
