@@ -26,6 +26,7 @@ from bench.model import bench_model
 from bench.replicas import bench_replicas
 from bench.similar_items import bench_similar_items
 from bench.timing import CALLER_COUNTS, print_log_tails
+from bench.tls import bench_tls
 from bench.trainer import bench_trainer
 from services.launcher import WITHOUT_TRAINER, Suite, SuiteError, SuiteSpec
 from shared.items import Item
@@ -36,13 +37,14 @@ REPORT_PATH = PROJECT_ROOT / "reports" / "bench.json"
 
 
 # The suite without the trainer; the trainer on its own suite; one and two replicas of each.
-PARTS = ("suite", "trainer", "replicas")
+PARTS = ("suite", "trainer", "replicas", "tls")
 TRAINER_REPORT_PATH = PROJECT_ROOT / "reports" / "bench_trainer.json"
 REPLICAS_REPORT_PATH = PROJECT_ROOT / "reports" / "bench_replicas.json"
+TLS_REPORT_PATH = PROJECT_ROOT / "reports" / "bench_tls.json"
 
 
 def run_bench(requests: int = 2000, only: str | None = None) -> int:
-    """Every part, or `only` one of PARTS (the trainer and replicas parts alone write
+    """Every part, or `only` one of PARTS (the trainer, replicas and tls parts alone write
     reports of their own)."""
     if requests < max(CALLER_COUNTS):
         print(f"recsys bench: --requests must be at least {max(CALLER_COUNTS)}", file=sys.stderr)
@@ -63,9 +65,13 @@ def run_bench(requests: int = 2000, only: str | None = None) -> int:
         report["trainer"] = trainer_report
     if only in (None, "replicas"):
         report.update(bench_replicas(movies, requests))
-    path = {"trainer": TRAINER_REPORT_PATH, "replicas": REPLICAS_REPORT_PATH}.get(
-        only or "", REPORT_PATH
-    )
+    if only in (None, "tls"):
+        report["tls"] = bench_tls(movies, requests)
+    path = {
+        "trainer": TRAINER_REPORT_PATH,
+        "replicas": REPLICAS_REPORT_PATH,
+        "tls": TLS_REPORT_PATH,
+    }.get(only or "", REPORT_PATH)
     print(f"Results written to {write_report(report, path)}")
     return 0
 

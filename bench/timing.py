@@ -11,7 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -116,9 +116,14 @@ def print_log_tails(log_dir: Path | None, lines: int = 20) -> None:
         print("\n".join(tail), file=sys.stderr)
 
 
+# How to reach a gateway that asks for TLS and a token, by its address (bench/tls.py):
+# GatewayClient's `token` and `ca`.
+CLIENT_SETTINGS: dict[str, dict[str, Any]] = {}
+
+
 def connect(address: str, timeout_s: float = CALL_TIMEOUT_S) -> GatewayClient:
     """A client whose channel is already connected, so no timing includes the handshake."""
-    client = GatewayClient(address, timeout_s=timeout_s)
+    client = GatewayClient(address, timeout_s=timeout_s, **CLIENT_SETTINGS.get(address, {}))
     try:
         grpc.channel_ready_future(client.channel).result(timeout=CONNECT_TIMEOUT_S)
     except BaseException:

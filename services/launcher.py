@@ -142,6 +142,10 @@ class SuiteSpec:
     def with_log_dir(self, log_dir: Path) -> SuiteSpec:
         return replace(self, log_dir=log_dir)
 
+    def tls_files(self) -> tls.TlsFiles | None:
+        """The suite-wide identity (RECSYS_TLS_*) its services get, if any."""
+        return tls.tls_files("suite", {**os.environ, **self.extra_env})
+
     def env_for(self, service: str, replica: int = 0) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self.extra_env)
@@ -228,9 +232,8 @@ def free_ports(count: int, replicas: int = 1, host: str = DEFAULT_HOST) -> list[
             sock.close()
 
 
-def _health_channel(address: str) -> grpc.Channel:
-    """With TLS on (RECSYS_TLS_*), the launcher asks as one of the suite's own."""
-    files = tls.files_for_calls()
+def _health_channel(address: str, files: tls.TlsFiles | None) -> grpc.Channel:
+    """With TLS on, the launcher asks as one of the suite's own."""
     if files is None:
         return grpc.insecure_channel(address)
     identity = files.read()
@@ -238,8 +241,9 @@ def _health_channel(address: str) -> grpc.Channel:
     return grpc.secure_channel(address, credentials)
 
 
-def is_serving(address: str, timeout_s: float = 1.0) -> bool:
-    with _health_channel(address) as ch:
+def is_serving(address: str, timeout_s: float = 1.0, files: tls.TlsFiles | None = None) -> bool:
+    """`files`: the identity to ask with (TLS); None: this process's (RECSYS_TLS_*)."""
+    with _health_channel(address, files or tls.files_for_calls()) as ch:
         try:
             reply = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
@@ -321,7 +325,7 @@ class Suite:
         for replica in range(self.spec.replica_count(service)):
             name = self.spec.process_name(service, replica)
             address = self.spec.replica_address(service, replica)
-            while not is_serving(address):
+            while not is_serving(address, files=self.spec.tls_files()):
                 process = self.processes.get(name)
                 if process is not None and process.poll() is not None:
                     raise SuiteError(f"{name} exited with code {process.returncode} while starting")

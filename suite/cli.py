@@ -96,6 +96,27 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _certs(args: argparse.Namespace) -> int:
+    try:
+        from suite.certs import Authority
+    except ImportError:
+        print("recsys: `recsys certs` needs the cryptography package", file=sys.stderr)
+        return 2
+
+    if args.out.exists() and any(args.out.iterdir()):
+        print(f"recsys: {args.out} is not empty", file=sys.stderr)
+        return 2
+    authority = Authority.new("recsys local CA")
+    issued = authority.issue(args.out, "recsys-local")
+    (args.out / "ca.key").write_bytes(authority.key_pem())
+    (args.out / "ca.key").chmod(0o600)
+    print(f"a CA and one certificate for 127.0.0.1 and localhost in {args.out}; for every")
+    print("service and the launcher (each service serves and calls with it):")
+    for name, value in issued.env().items():
+        print(f"export {name}={value}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -112,11 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--requests", type=int, default=2000, help="SimilarItems calls per run")
     bench.add_argument(
         "--only",
-        choices=("suite", "trainer", "replicas"),  # bench.run.PARTS, not imported: heavy
+        choices=("suite", "trainer", "replicas", "tls"),  # bench.run.PARTS, not imported: heavy
         default=None,
         help="run one part: the suite without the trainer, the continual trainer's"
-        " (memory, freshness, publish, learning), or one against two replicas of the"
-        " gateway, Triton and retrieval; default: all",
+        " (memory, freshness, publish, learning), one against two replicas of the"
+        " gateway, Triton and retrieval, or Recommend with TLS and tokens against"
+        " plaintext; default: all",
     )
     evaluation = commands.add_parser(
         "eval", help="replay timestamped interactions through the API and report quality"
@@ -159,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     token.add_argument("--name", required=True, help="who the token is for (one word)")
     token.add_argument("--scopes", required=True, help="comma-separated: read, write, admin")
+    certs = commands.add_parser(
+        "certs", help="make a local CA and a certificate, to run the suite with TLS on loopback"
+    )
+    certs.add_argument("--out", type=Path, required=True, help="an empty or new folder")
     args = parser.parse_args(argv)
     handlers = {
         "up": _up,
@@ -168,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": _train,
         "export": _export,
         "token": _token,
+        "certs": _certs,
     }
     return handlers[args.command](args)
 

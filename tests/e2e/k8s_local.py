@@ -47,7 +47,7 @@ from typing import Any
 import dockerfile
 
 from services.launcher import is_serving
-from tests.certs import Authority
+from suite.certs import Authority
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,8 +22,8 @@ from recsys.gateway.v1 import gateway_pb2
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from shared.access import new_token
+from suite.certs import Authority
 from suite.client import GatewayClient
-from tests.certs import Authority
 from tests.e2e.harness import TOY_STORY, TOY_STORY_2, catalogue
 from tests.e2e.k8s_local import LocalCluster, running
 from tests.e2e.test_trainer import ratings

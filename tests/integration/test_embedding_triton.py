@@ -27,7 +27,7 @@ from services.trainer.two_tower import TowerConfig, TwoTowerModel, export_towers
 from shared import tls
 from shared.embedding_client import ITEM_TOWER, USER_TOWER, EmbeddingClient
 from shared.triton_repository import TOWERS, Repository, model_config, read_config
-from tests.certs import Authority, Issued
+from suite.certs import Authority, Issued
 from tests.conftest import HOST, free_port
 from tests.unit.test_k8s import TRITON_METRICS
 

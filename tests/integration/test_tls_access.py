@@ -22,7 +22,7 @@ from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from shared import clients, tls
 from shared.access import AccessConfig, Policy, new_token
 from shared.server_config import ServerConfig
-from tests.certs import Authority, Issued
+from suite.certs import Authority, Issued
 from tests.conftest import HOST, free_port
 from tests.integration.test_service_bootstrap import SERVICE, ServerThread
 

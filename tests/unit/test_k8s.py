@@ -416,7 +416,7 @@ def _container_env(overlay: str, container: dict[str, Any], mounted: Path) -> di
 def _mounted_secrets(root: Path) -> Path:
     """What the Secrets hold, at their mount paths under `root`."""
     from shared.access import new_token
-    from tests.certs import Authority
+    from suite.certs import Authority
 
     Authority.new().issue(root / "etc/recsys/tls", "service")  # tls.crt, tls.key, ca.crt
     (root / "etc/recsys/triton-control").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""A test's own certificate authority and certificates, made with `cryptography`, written
+"""A certificate authority and certificates of one's own, made with `cryptography`, written
 as PEM files the way cert-manager's Secrets hold them (tls.crt, tls.key, ca.crt)."""
 
 from __future__ import annotations
@@ -62,6 +62,13 @@ class Authority:
 
     def pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
 
     def issue(
         self,
