@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -172,7 +173,24 @@ class SuiteSpec:
             env[f"{prefix}PEERS"] = self.address(service)
         if service == "trainer":
             env[f"{prefix}STATE_DIR"] = str(self.data_dir / service)
+        if _secured(env) and not env.get("RECSYS_TRITON_CONTROL_KEY_FILE"):
+            # With auth on, Triton's model control is the trainer's alone, as on Kubernetes.
+            env["RECSYS_TRITON_CONTROL_KEY_FILE"] = str(self._control_key_file())
         return env
+
+    def _control_key_file(self) -> Path:
+        path = self.data_dir / "triton-control-key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                f.write(secrets.token_hex(24) + "\n")
+        return path
+
+
+def _secured(env: Mapping[str, str]) -> bool:
+    """Whether the suite runs with auth on: TLS, or a token file for the gateway or trainer."""
+    names = ("RECSYS_TLS_CERT_FILE", "RECSYS_GATEWAY_TOKENS_FILE", "RECSYS_TRAINER_TOKENS_FILE")
+    return any(env.get(name) for name in names)
 
 
 def replica_host(host: str, replica: int) -> str:

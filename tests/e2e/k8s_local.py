@@ -12,7 +12,8 @@ What a cluster gives a pod is given here by mapping, never by editing a manifest
 - an absolute path in a value lies under the pod's own root folder, where each volume
   mount is a link to the volume's folder (one per claim, shared by every pod that mounts
   it; one per pod for an emptyDir or a StatefulSet's claim template; a Secret's keys as
-  files).
+  files; for cert-manager's CSI driver, a certificate of the pod's own from the test's
+  CA).
 Readiness is each container's own readinessProbe (gRPC health, HTTP GET or TCP).
 
 A KubeRay `RayCluster` gives a head pod and its worker groups' pods. Their first container
@@ -53,6 +54,8 @@ from tests.conftest import free_port
 ROOT = Path(__file__).resolve().parents[2]
 POD_NETWORK = "127.0.10."
 RAY_NODE_IP = "127.0.0.1"
+CERT_MANAGER_CSI = "csi.cert-manager.io"
+ISSUER = "recsys-issuer"  # the Issuer the overlays' certificates come from
 RAY = [str(Path(sys.executable).parent / "ray")]
 RAY_JOINING = [sys.executable, str(ROOT / "tests" / "e2e" / "ray_worker_node.py")]
 
@@ -115,6 +118,7 @@ class LocalCluster:
         self.services = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Service"}
         self.pods: list[Pod] = []
         self.entrypoints = image_entrypoints()
+        self.authority: Authority | None = None  # the CA behind the Issuer, where there is one
 
     def _workload(self, name: str) -> dict[str, Any]:
         return next(
@@ -233,7 +237,25 @@ class LocalCluster:
             return folder
         if "emptyDir" in volume:
             return self.root / "empty" / pod.name / name
+        if volume.get("csi", {}).get("driver") == CERT_MANAGER_CSI:
+            return self._pod_certificate(pod, volume)
         raise AssertionError(f"pod {pod.name}: volume {name} is of a kind not run here")
+
+    def _pod_certificate(self, pod: Pod, volume: dict[str, Any]) -> Path:
+        """What cert-manager's CSI driver mounts: a certificate of the pod's own, from the
+        Issuer named, for the IPs and names the attributes give (${POD_IP}: the pod's)."""
+        attributes = volume["csi"]["volumeAttributes"]
+        assert self.authority is not None, "a certificate volume needs the test's CA"
+        assert attributes["csi.cert-manager.io/issuer-name"] == ISSUER
+        names = [
+            n.strip().replace("${POD_IP}", pod.ip)
+            for key in ("csi.cert-manager.io/ip-sans", "csi.cert-manager.io/dns-names")
+            for n in attributes.get(key, "").split(",")
+            if n.strip()
+        ]
+        folder = self.root / "csi" / pod.name / volume["name"]
+        self.authority.issue(folder, attributes["csi.cert-manager.io/common-name"], tuple(names))
+        return folder
 
     def _mount(self, pod: Pod, container: dict[str, Any]) -> None:
         volumes = {v["name"]: v for v in pod.spec.get("volumes", [])}
@@ -487,6 +509,7 @@ def running(
     cluster = LocalCluster(documents, root, dict(secrets))
     cluster.plan(workloads)
     if authority is not None:
+        cluster.authority = authority
         cluster.secrets = {**cluster.secrets, **issue_certificates(cluster, authority)}
     try:
         cluster.run(root / "logs")

@@ -17,6 +17,7 @@ from typing import TypeVar
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.gateway.v1 import gateway_pb2
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
@@ -145,8 +146,8 @@ def _secure(address: str, credentials: grpc.ChannelCredentials) -> grpc.Channel:
 
 def _auth_is_on(gateway: str, ca: Path, trainer: str, operator: grpc.ChannelCredentials) -> None:
     """What the overlay turns on: no token, no call; a reader cannot write; the trainer's
-    admin calls need an admin token even from a suite certificate; the internal ports take
-    no plaintext."""
+    admin calls need an admin token even from a suite certificate; the trainer and Ray
+    take no plaintext."""
     codes = []
     for token in (None, READER):
         client = GatewayClient(gateway, token=token, ca=ca)
@@ -165,11 +166,12 @@ def _auth_is_on(gateway: str, ca: Path, trainer: str, operator: grpc.ChannelCred
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
         status = stub.GetStatus(trainer_pb2.GetStatusRequest(), timeout=10)
         assert status.live_version
-    with grpc.insecure_channel(trainer) as channel, pytest.raises(grpc.RpcError) as plain:
-        trainer_pb2_grpc.TrainerServiceStub(channel).GetStatus(
-            trainer_pb2.GetStatusRequest(), timeout=5
-        )
-    assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
+    # Neither the trainer nor Ray's head (its GCS, on the head pod's 127.0.0.1:6379) takes
+    # a plaintext call: the handshake fails.
+    for address in (trainer, "127.0.0.1:6379"):
+        with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as plain:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert plain.value.code() == grpc.StatusCode.UNAVAILABLE, address
 
 
 def _content_size(address: str, credentials: grpc.ChannelCredentials) -> int:

@@ -20,7 +20,7 @@ from grpc_status import rpc_status
 
 from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from shared import clients, tls
-from shared.access import AccessConfig, Policy, new_token
+from shared.access import ANY_CERTIFICATE, AccessConfig, Policy, new_token
 from shared.server_config import ServerConfig
 from suite.certs import Authority, Issued
 from tests.conftest import HOST, free_port
@@ -287,3 +287,31 @@ def test_an_idle_stream_is_closed_and_a_message_over_the_size_limit_refused() ->
         )
         assert time.monotonic() - started < 1.8
         assert _code(lambda: _ask(stub, ["x" * 5000])) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_certificates_hold_scopes_an_operators_admin_and_any_suite_peers_read(
+    pki: dict[str, Issued],
+) -> None:
+    """As the trainer's policy: any suite certificate reads; only a certificate named in
+    <SCOPE>_IDENTITIES (or an admin token) makes the admin call."""
+    policy = Policy.of(
+        SERVICE,
+        {"GetItems": "read", "StreamEvents": "admin"},
+        identities={"read": frozenset({ANY_CERTIFICATE})},
+    )
+    access = AccessConfig(identities={"admin": frozenset({"operator"})})
+    config = _config(tls=_files(pki["server"]), client_cert_required=True, access=access)
+    with ServerThread(config, policy):
+        ca = pki["server"].ca
+        for who, allowed in (("client", False), ("operator", True)):
+            stub = _stub(config.port, _credentials(pki[who], ca))
+            assert _ask(stub, ["a"]) == ["a"]
+
+            def admin(stub: gateway_pb2_grpc.GatewayServiceStub = stub) -> int:
+                events = iter([gateway_pb2.Event(event_id="e")])
+                return int(stub.StreamEvents(events, timeout=5).accepted)
+
+            if allowed:
+                assert admin() == 1
+            else:
+                assert _code(admin) == grpc.StatusCode.PERMISSION_DENIED

@@ -148,3 +148,43 @@ def test_triton_control_key_comes_from_the_file_named_and_a_bad_one_stops_the_st
         triton_control_key({"RECSYS_TRITON_CONTROL_KEY_FILE": str(key)})
     with pytest.raises(ConfigError, match="RECSYS_TRITON_CONTROL_KEY_FILE"):
         triton_control_key({"RECSYS_TRITON_CONTROL_KEY_FILE": str(tmp_path / "missing")})
+
+
+def test_with_auth_on_the_launcher_restricts_tritons_model_control_to_a_key(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from services.launcher import SuiteSpec
+
+    open_suite = SuiteSpec.on_free_ports(tmp_path / "open")
+    assert "RECSYS_TRITON_CONTROL_KEY_FILE" not in open_suite.env_for("embedding")
+    tokens = tmp_path / "tokens"
+    tokens.write_text("")
+    secured = replace(
+        SuiteSpec.on_free_ports(tmp_path / "secured"),
+        extra_env={"RECSYS_GATEWAY_TOKENS_FILE": str(tokens)},
+    )
+    named = {secured.env_for(s)["RECSYS_TRITON_CONTROL_KEY_FILE"] for s in ("embedding", "trainer")}
+    assert len(named) == 1
+    key = Path(named.pop())
+    assert key.stat().st_mode & 0o077 == 0
+    assert triton_control_key({"RECSYS_TRITON_CONTROL_KEY_FILE": str(key)})
+
+
+def test_server_settings_say_which_variable_is_wrong() -> None:
+    from shared.config import Env
+    from shared.server_config import ServerConfig
+
+    with pytest.raises(ConfigError, match="RECSYS_FEATURES_TLS_CLIENT_CERT=none"):
+        ServerConfig.from_env(
+            Env("RECSYS_FEATURES_", {"RECSYS_FEATURES_TLS_CLIENT_CERT": "none"}), "features"
+        )
+    with pytest.raises(ConfigError, match="RECSYS_TLS_KEY_FILE"):
+        ServerConfig.from_env(
+            Env("RECSYS_GATEWAY_", {"RECSYS_TLS_CERT_FILE": "/x", "RECSYS_TLS_CA_FILE": "/y"}),
+            "gateway",
+        )
+    defaults = ServerConfig.from_env(Env("RECSYS_GATEWAY_", {}), "gateway")
+    assert defaults.tls is None and defaults.max_message_bytes == 16 * 1024 * 1024
+    assert defaults.access.tokens_file is None

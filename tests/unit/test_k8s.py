@@ -527,6 +527,47 @@ def test_every_pod_has_its_own_certificate_and_probes_that_need_none(overlay: st
                     assert health == [str(probe["grpc"]["port"])], (name, key)
 
 
+# The attributes of cert-manager's CSI driver (csi.cert-manager.io) the manifests may use.
+CSI_ATTRIBUTES = {
+    "issuer-name",
+    "issuer-kind",
+    "common-name",
+    "dns-names",
+    "ip-sans",
+    "key-usages",
+    "fs-group",
+    "duration",
+    "renew-before",
+}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_ray_container_speaks_tls_with_a_certificate_naming_its_pod(overlay: str) -> None:
+    """Ray's nodes dial each other by IP: each Ray pod's certificate comes from cert-manager's
+    CSI driver for its own pod IP (and 127.0.0.1, where the trainer and the autoscaler
+    reach the head), from the Certificates' Issuer; every Ray container has RAY_USE_TLS."""
+    issuers = {c["spec"]["issuerRef"]["name"] for c in _of_kind(overlay, "Certificate")}
+    cluster = _named(overlay, "RayCluster", "recsys")
+    for group, template in _ray_pod_templates(cluster):
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        attributes = volumes["ray-tls"]["csi"]["volumeAttributes"]
+        keys = {k.removeprefix("csi.cert-manager.io/") for k in attributes}
+        assert keys <= CSI_ATTRIBUTES, keys - CSI_ATTRIBUTES
+        assert attributes["csi.cert-manager.io/issuer-name"] in issuers
+        assert set(attributes["csi.cert-manager.io/ip-sans"].split(",")) == {
+            "${POD_IP}",
+            "127.0.0.1",
+        }
+        for container in template["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["RAY_USE_TLS"] == "1", (group, container["name"])
+            mounted = {m["mountPath"] for m in container["volumeMounts"]}
+            for name in ("RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT"):
+                assert str(Path(env[name]).parent) in mounted
+    autoscaler = {e["name"]: e.get("value") for e in cluster["spec"]["autoscalerOptions"]["env"]}
+    assert autoscaler["RAY_USE_TLS"] == "1"
+
+
 def _pod_labels(overlay: str, name: str) -> dict[str, str]:
     for doc in rendered(overlay):
         if doc["kind"] in ("Deployment", "StatefulSet") and doc["metadata"]["name"] == name:
