@@ -89,7 +89,8 @@ async def _decoded(requests: AsyncIterator[Any], idle_s: float) -> AsyncIterator
     while True:
         try:
             if idle_s > 0:
-                request = await asyncio.wait_for(anext(iterator), idle_s)
+                async with asyncio.timeout(idle_s):  # no task per message, as wait_for makes
+                    request = await anext(iterator)
             else:
                 request = await anext(iterator)
         except StopAsyncIteration:
