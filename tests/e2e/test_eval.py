@@ -26,7 +26,7 @@ def test_eval_reports_both_protocols_for_suite_and_baselines(tmp_path: Path) -> 
             RECSYS,
             "eval",
             "--max-events",
-            "1500",
+            "1000",
             "--blocks",
             "2",
             "--train-seconds",

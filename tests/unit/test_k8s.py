@@ -578,3 +578,32 @@ def _pod_labels(overlay: str, name: str) -> dict[str, str]:
                     node = "head" if group == "head" else "worker"
                     return {**template["metadata"]["labels"], "ray.io/node-type": node}
     raise AssertionError(name)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_what_the_learner_writes_is_on_a_volume_every_ray_pod_shares(overlay: str) -> None:
+    """The trainer's learner actor and its full retrains run on whichever Ray worker has
+    room, with the configuration the trainer container read: each folder it names for
+    writing (its state, the model store) must be the same claim, at the same path, in the
+    trainer container and in every worker group (one machine's test run cannot tell)."""
+    cluster = _named(overlay, "RayCluster", "recsys")
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    trainer = next(c for c in head["containers"] if c["name"] == "trainer")
+    config = _of_kind(overlay, "ConfigMap")[0]["data"]
+    env = {**config, **{e["name"]: e.get("value", "") for e in trainer["env"]}}
+    written = [env["RECSYS_TRAINER_STATE_DIR"], env["RECSYS_MODEL_DIR"]]
+
+    def claim_at(spec: dict[str, Any], container: dict[str, Any], path: str) -> str:
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for mount in container["volumeMounts"]:
+            if path == mount["mountPath"] or path.startswith(mount["mountPath"] + "/"):
+                claim = volumes[mount["name"]].get("persistentVolumeClaim", {})
+                return f"{mount['mountPath']} <- {claim.get('claimName', 'not a claim')}"
+        return "not mounted"
+
+    for path in written:
+        expected = claim_at(head, trainer, path)
+        assert expected.endswith("recsys-models"), (path, expected)
+        for group in cluster["spec"]["workerGroupSpecs"]:
+            spec = group["template"]["spec"]
+            assert claim_at(spec, spec["containers"][0], path) == expected, (group, path)
