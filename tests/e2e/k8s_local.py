@@ -370,6 +370,18 @@ class LocalCluster:
                     raise AssertionError(f"{pod.name}/{container['name']} never became ready")
                 time.sleep(0.3)
 
+    def kill_and_recreate(self, name: str, log_dir: Path) -> None:
+        """As when a node dies and the controller makes the pod anew: every container of pod
+        `name` SIGKILLed, then started again with the same address and volumes."""
+        pod = next(p for p in self.pods if p.name == name)
+        for process in pod.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+        pod.processes = []
+        self.start(pod, log_dir)
+        self.wait_ready(pod)
+
     def run(self, log_dir: Path) -> None:
         """Starts the pods in order, each once the one before is ready (as a StatefulSet's
         OrderedReady does; the suite's services wait for each other anyway), but a Ray

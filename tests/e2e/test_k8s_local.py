@@ -128,6 +128,29 @@ def test_the_cpu_overlay_run_as_rendered_serves_items_events_and_recommendations
             )
         )
         assert served, "the gateways never served the published version"
+
+        # The worker the learner actor runs on dies (the head takes no tasks) and KubeRay
+        # makes the pod anew: the trainer starts another actor, which resumes from what
+        # the first committed and learns what comes after, each event once.
+        cluster.kill_and_recreate("recsys-cpu-worker-0", cluster.root / "logs")
+        later = client.stub.LogEvents(
+            gateway_pb2.LogEventsRequest(events=ratings(films, 200, 100)), timeout=30
+        )
+        with _secure(cluster.address_of("trainer"), operator) as channel:
+            stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+            wait = trainer_pb2.WaitUntilTrainedRequest(offset=later.last_offset, timeout_s=20)
+            deadline = time.monotonic() + 120
+            while True:  # UNAVAILABLE until the new actor is up: a client retries
+                try:
+                    if stub.WaitUntilTrained(wait, timeout=30).reached:
+                        break
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                assert time.monotonic() < deadline, "no new actor learned the later events"
+                time.sleep(1.0)
+            status = stub.GetStatus(trainer_pb2.GetStatusRequest(), timeout=10)
+        assert status.events_learned == later.last_offset, status
+        assert status.learned_offset_sum == later.last_offset * (later.last_offset + 1) // 2
     finally:
         client.close()
     _auth_is_on(gateway, ca, cluster.address_of("trainer"), operator)
