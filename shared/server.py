@@ -25,6 +25,7 @@ from shared.config import ConfigError
 from shared.interceptor import Guard, ObservabilityInterceptor
 from shared.metrics import serve_metrics
 from shared.server_config import ServerConfig
+from shared.streamed import end_streams
 from shared.tls import server_credentials, use_for_calls
 
 if TYPE_CHECKING:
@@ -150,7 +151,10 @@ class GrpcService:
         log.info("shutting down", extra={"grace_s": self.config.grace_s})
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
-            await self._server.stop(self.config.grace_s)
+            stopping = asyncio.ensure_future(self._server.stop(self.config.grace_s))
+            await asyncio.sleep(0)  # from its first step the server takes no new call
+            end_streams()  # callers' idle streams would hold the stop for its grace
+            await stopping
         if self._health_server is not None:
             await self._health_server.stop(0)
         await self._shutdown()

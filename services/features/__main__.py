@@ -12,10 +12,8 @@ from services.features.co_occurrence import CoOccurrence
 from services.features.config import FeaturesConfig
 from services.features.encoder import TextEncoder
 from services.features.event_log import SqliteEventLog
-from services.features.servicer import FeaturesServicer
+from services.features.servicer import SERVICE_NAME, FeaturesServicer
 from shared.server import GrpcService, ServiceBinding, run_main
-
-SERVICE_NAME = "recsys.features.v1.FeaturesService"
 
 
 def build(config: FeaturesConfig) -> GrpcService:

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import secrets
 import weakref
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -24,6 +25,13 @@ from shared.convert import (
 )
 from shared.events import validate_events
 from shared.items import validate_k
+from shared.streamed import answer_each
+
+SERVICE_NAME = "recsys.features.v1.FeaturesService"
+
+
+def _ranking_inputs(request: features_pb2.StreamRankingInputsRequest) -> str:
+    return "GetRankingInputs"
 
 
 def _item_vector(stored: StoredItem) -> features_pb2.ItemVector:
@@ -169,6 +177,23 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
                 )
                 for r in found
             )
+        return reply
+
+    async def StreamRankingInputs(
+        self,
+        requests: AsyncIterator[features_pb2.StreamRankingInputsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[features_pb2.StreamRankingInputsResponse]:
+        async for reply in answer_each(
+            requests, context, SERVICE_NAME, _ranking_inputs, self._streamed_ranking_inputs
+        ):
+            yield reply
+
+    async def _streamed_ranking_inputs(
+        self, request: features_pb2.StreamRankingInputsRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.StreamRankingInputsResponse:
+        reply = features_pb2.StreamRankingInputsResponse()
+        reply.inputs.CopyFrom(await self.GetRankingInputs(request.inputs, context))
         return reply
 
     async def _history(self, request: features_pb2.GetUserHistoryRequest) -> History:

@@ -69,7 +69,7 @@ class Gateway:
             config.model_poll_s,
             config.call_timeout_s,
         )
-        servicer = GatewayServicer(
+        self.servicer = servicer = GatewayServicer(
             config,
             features_pb2_grpc.FeaturesServiceStub(self.channels[0]),
             retrieval,
@@ -117,6 +117,7 @@ class Gateway:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.servicer.reads.close()
         for ch in [*self.channels, *([self.trainer_channel] if self.trainer_channel else [])]:
             await ch.close()
         await self.retrieval.close()

@@ -36,6 +36,7 @@ class GatewayConfig:
     trainer_address: str  # the continual trainer, told of forgotten users; "": none deployed
     user_vector_cache: int  # users whose last user-tower vector is kept; 0: none
     history_cache_ids: int  # item ids, in all, of the users' histories kept; 0: none
+    streamed_reads: bool  # Recommend's reads over long-lived streams (shared/streamed.py)
     # The tuned settings set here (RECSYS_GATEWAY_<NAME>): fixed, whatever the trainer
     # chooses from the data; the others are the defaults until a version brings its own.
     pinned: frozenset[str]
@@ -71,6 +72,7 @@ class GatewayConfig:
             trainer_address=env.optional_address("TRAINER_ADDRESS", default_address("trainer")),
             user_vector_cache=env.integer("USER_VECTOR_CACHE", 10_000, minimum=0),
             history_cache_ids=env.integer("HISTORY_CACHE_IDS", 500_000, minimum=0),
+            streamed_reads=env.integer("STREAMED_READS", 1, maximum=1) == 1,
             pinned=frozenset(name for name in TUNED_SETTINGS if env.is_set(name.upper())),
         )
 

@@ -30,6 +30,7 @@ from shared.convert import interaction_from_proto
 from shared.embedding_client import EmbeddingClient, EmbeddingUnavailable
 from shared.items import ItemFilter
 from shared.model_store import ServingInfo
+from shared.streamed import StreamedCalls
 
 
 def filter_to_proto(item_filter: ItemFilter) -> gateway_pb2.Filter:
@@ -161,6 +162,57 @@ class TrendingCache:
         return found
 
 
+class HotReads:
+    """The two reads every Recommend makes, features' ranking inputs and retrieval's
+    search, over long-lived streams (shared/streamed.py: a message on an open stream costs
+    a fraction of a unary call's set-up), or as unary calls where `streamed` is off."""
+
+    def __init__(
+        self,
+        features: features_pb2_grpc.FeaturesServiceStub,
+        retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
+        streamed: bool,
+    ) -> None:
+        self.features = features
+        self.retrieval = retrieval
+        self.streamed = streamed
+        self._inputs: StreamedCalls[
+            features_pb2.StreamRankingInputsRequest, features_pb2.StreamRankingInputsResponse
+        ] = StreamedCalls(features.StreamRankingInputs)
+        self._search: StreamedCalls[
+            retrieval_pb2.StreamSearchRequest, retrieval_pb2.StreamSearchResponse
+        ] = StreamedCalls(retrieval.StreamSearch)
+
+    async def ranking_inputs(
+        self, request: features_pb2.GetRankingInputsRequest, timeout: float
+    ) -> features_pb2.GetRankingInputsResponse:
+        if not self.streamed:
+            return await self.features.GetRankingInputs(request, timeout=timeout)
+        wrapped = features_pb2.StreamRankingInputsRequest(inputs=request)
+        return (await self._inputs(wrapped, timeout)).inputs
+
+    async def search(
+        self, request: retrieval_pb2.SearchRequest, timeout: float
+    ) -> retrieval_pb2.SearchResponse:
+        if not self.streamed:
+            return await self.retrieval.Search(request, timeout=timeout)
+        return (
+            await self._search(retrieval_pb2.StreamSearchRequest(search=request), timeout)
+        ).search
+
+    async def search_by_profile(
+        self, request: retrieval_pb2.SearchByProfileRequest, timeout: float
+    ) -> retrieval_pb2.SearchByProfileResponse:
+        if not self.streamed:
+            return await self.retrieval.SearchByProfile(request, timeout=timeout)
+        wrapped = retrieval_pb2.StreamSearchRequest(by_profile=request)
+        return (await self._search(wrapped, timeout)).by_profile
+
+    def close(self) -> None:
+        self._inputs.close()
+        self._search.close()
+
+
 class GrpcSources:
     """One request's sources: its deadline bounds every call."""
 
@@ -168,7 +220,7 @@ class GrpcSources:
         self,
         config: GatewayConfig,
         features: features_pb2_grpc.FeaturesServiceStub,
-        retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
+        reads: HotReads,
         embedding: EmbeddingClient | None,
         context: grpc.aio.ServicerContext,
         trending_cache: TrendingCache,
@@ -176,7 +228,7 @@ class GrpcSources:
     ) -> None:
         self.config = config
         self.features = features
-        self.retrieval = retrieval
+        self.reads = reads
         self.embedding = embedding
         self.context = context
         self.trending_cache = trending_cache
@@ -222,7 +274,7 @@ class GrpcSources:
                     filter=self._filter(query.item_filter),
                 )
             )
-        reply = await self.features.GetRankingInputs(request, timeout=self._timeout())
+        reply = await self.reads.ranking_inputs(request, self._timeout())
         return RankingInputs(
             self.histories.answer(key, held, reply.history),
             self.trending_cache.answer(trending, reply.trending) if query.trending_k else [],
@@ -279,11 +331,11 @@ class GrpcSources:
                     weight=query.profile_weight,
                 )
             )
-        reply = await self.retrieval.Search(request, timeout=self._timeout())
+        reply = await self.reads.search(request, self._timeout())
         return [Hit(h.item_id, h.score, reserved=h.reserved) for h in reply.hits]
 
     async def search_by_profile(self, query: ProfileSearch) -> list[Hit]:
-        reply = await self.retrieval.SearchByProfile(
+        reply = await self.reads.search_by_profile(
             retrieval_pb2.SearchByProfileRequest(
                 index=query.index,
                 profile=_weighted(query.profile),
@@ -292,7 +344,7 @@ class GrpcSources:
                 exclude_item_ids=query.exclude_item_ids,
                 boosts=_item_weights(query.boosts),
             ),
-            timeout=self._timeout(),
+            self._timeout(),
         )
         return [Hit(h.item_id, h.score, h.closest_profile_item_id) for h in reply.hits]
 

@@ -16,7 +16,7 @@ from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from recsys.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.gateway.config import GatewayConfig
-from services.gateway.downstream import GrpcSources, KnownHistories, TrendingCache
+from services.gateway.downstream import GrpcSources, HotReads, KnownHistories, TrendingCache
 from services.gateway.reasons import (
     similar_item_reasons,
 )
@@ -71,6 +71,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self.trending_cache = TrendingCache()
         self.user_vectors = UserVectorCache(config.user_vector_cache)
         self.histories = KnownHistories(config.history_cache_ids)
+        self.reads = HotReads(features, retrieval, config.streamed_reads)
         self.ranking = config.ranking()
 
     def _model(self) -> ServingInfo | None:
@@ -257,7 +258,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         sources = GrpcSources(
             self.config,
             self.features,
-            self.retrieval,
+            self.reads,
             self.embedding,
             context,
             self.trending_cache,

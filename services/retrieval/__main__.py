@@ -13,11 +13,10 @@ from recsys.retrieval.v1 import retrieval_pb2_grpc
 from services.retrieval.catch_up import catch_up
 from services.retrieval.config import RetrievalConfig
 from services.retrieval.indexes import IndexRegistry
-from services.retrieval.servicer import RetrievalServicer
+from services.retrieval.servicer import SERVICE_NAME, RetrievalServicer
 from services.retrieval.vector_store import VectorStore
 from shared.server import GrpcService, ServiceBinding, run_main
 
-SERVICE_NAME = "recsys.retrieval.v1.RetrievalService"
 log = logging.getLogger(__name__)
 
 

@@ -26,12 +26,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.retrieval.v1 import retrieval_pb2, retrieval_pb2_grpc
 from services.retrieval.indexes import IndexRegistry, Record
+from services.retrieval.servicer import SERVICE_NAME
 from shared.clients import channel
 from shared.targets import Target
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAME = "recsys.retrieval.v1.RetrievalService"
 
 
 @dataclass(frozen=True)

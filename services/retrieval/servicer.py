@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -11,6 +12,14 @@ from services.retrieval.indexes import IndexRegistry, ProfileTerm, Record, Reser
 from services.retrieval.vector_index import Hit
 from shared.convert import filter_from_proto
 from shared.errors import InvalidArgument, Unavailable
+from shared.streamed import answer_each
+
+SERVICE_NAME = "recsys.retrieval.v1.RetrievalService"
+_SEARCH_METHODS = {"search": "Search", "by_profile": "SearchByProfile"}
+
+
+def _search_method(request: retrieval_pb2.StreamSearchRequest) -> str:
+    return _SEARCH_METHODS.get(request.WhichOneof("query") or "", "StreamSearch")
 
 
 def _hits(hits: list[Hit]) -> list[retrieval_pb2.Hit]:
@@ -109,6 +118,28 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             _weights(request.boosts, "boosts"),
         )
         return retrieval_pb2.SearchByProfileResponse(hits=_hits(hits), profile_items_found=found)
+
+    async def StreamSearch(
+        self,
+        requests: AsyncIterator[retrieval_pb2.StreamSearchRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[retrieval_pb2.StreamSearchResponse]:
+        async for reply in answer_each(
+            requests, context, SERVICE_NAME, _search_method, self._streamed_search
+        ):
+            yield reply
+
+    async def _streamed_search(
+        self, request: retrieval_pb2.StreamSearchRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.StreamSearchResponse:
+        reply = retrieval_pb2.StreamSearchResponse()
+        if request.HasField("search"):
+            reply.search.CopyFrom(await self.Search(request.search, context))
+        elif request.HasField("by_profile"):
+            reply.by_profile.CopyFrom(await self.SearchByProfile(request.by_profile, context))
+        else:
+            raise InvalidArgument("query", "neither search nor by_profile is set")
+        return reply
 
     async def DropIndex(
         self, request: retrieval_pb2.DropIndexRequest, context: grpc.aio.ServicerContext

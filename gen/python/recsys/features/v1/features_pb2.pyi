@@ -116,6 +116,18 @@ class GetTrendingResponse(_message.Message):
     half_life_s: float
     def __init__(self, items: _Optional[_Iterable[_Union[_gateway_pb2.ScoredItem, _Mapping]]] = ..., version: _Optional[str] = ..., unchanged: _Optional[bool] = ..., half_life_s: _Optional[float] = ...) -> None: ...
 
+class StreamRankingInputsRequest(_message.Message):
+    __slots__ = ("inputs",)
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    inputs: GetRankingInputsRequest
+    def __init__(self, inputs: _Optional[_Union[GetRankingInputsRequest, _Mapping]] = ...) -> None: ...
+
+class StreamRankingInputsResponse(_message.Message):
+    __slots__ = ("inputs",)
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    inputs: GetRankingInputsResponse
+    def __init__(self, inputs: _Optional[_Union[GetRankingInputsResponse, _Mapping]] = ...) -> None: ...
+
 class GetRankingInputsRequest(_message.Message):
     __slots__ = ("history", "trending", "related")
     HISTORY_FIELD_NUMBER: _ClassVar[int]

@@ -79,6 +79,11 @@ class FeaturesServiceStub:
                 request_serializer=recsys_dot_features_dot_v1_dot_features__pb2.GetRankingInputsRequest.SerializeToString,
                 response_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.GetRankingInputsResponse.FromString,
                 _registered_method=True)
+        self.StreamRankingInputs = channel.stream_stream(
+                '/recsys.features.v1.FeaturesService/StreamRankingInputs',
+                request_serializer=recsys_dot_features_dot_v1_dot_features__pb2.StreamRankingInputsRequest.SerializeToString,
+                response_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.StreamRankingInputsResponse.FromString,
+                _registered_method=True)
         self.ForgetUser = channel.unary_unary(
                 '/recsys.features.v1.FeaturesService/ForgetUser',
                 request_serializer=recsys_dot_features_dot_v1_dot_features__pb2.ForgetUserRequest.SerializeToString,
@@ -156,6 +161,16 @@ class FeaturesServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamRankingInputs(self, request_iterator, context):
+        """GetRankingInputs over one long-lived stream, one request at a time and each answered
+        in turn: what a caller asking on every request of its own (the gateway) uses, since a
+        message on an open stream costs a fraction of a call's set-up. A failure ends the
+        stream with the status GetRankingInputs would have answered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ForgetUser(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -217,6 +232,11 @@ def add_FeaturesServiceServicer_to_server(servicer, server):
                     servicer.GetRankingInputs,
                     request_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.GetRankingInputsRequest.FromString,
                     response_serializer=recsys_dot_features_dot_v1_dot_features__pb2.GetRankingInputsResponse.SerializeToString,
+            ),
+            'StreamRankingInputs': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamRankingInputs,
+                    request_deserializer=recsys_dot_features_dot_v1_dot_features__pb2.StreamRankingInputsRequest.FromString,
+                    response_serializer=recsys_dot_features_dot_v1_dot_features__pb2.StreamRankingInputsResponse.SerializeToString,
             ),
             'ForgetUser': grpc.unary_unary_rpc_method_handler(
                     servicer.ForgetUser,
@@ -472,6 +492,33 @@ class FeaturesService:
             '/recsys.features.v1.FeaturesService/GetRankingInputs',
             recsys_dot_features_dot_v1_dot_features__pb2.GetRankingInputsRequest.SerializeToString,
             recsys_dot_features_dot_v1_dot_features__pb2.GetRankingInputsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamRankingInputs(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/recsys.features.v1.FeaturesService/StreamRankingInputs',
+            recsys_dot_features_dot_v1_dot_features__pb2.StreamRankingInputsRequest.SerializeToString,
+            recsys_dot_features_dot_v1_dot_features__pb2.StreamRankingInputsResponse.FromString,
             options,
             channel_credentials,
             insecure,

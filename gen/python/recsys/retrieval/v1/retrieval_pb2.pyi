@@ -63,6 +63,22 @@ class SearchByProfileRequest(_message.Message):
     boosts: ItemWeights
     def __init__(self, index: _Optional[str] = ..., profile: _Optional[_Iterable[_Union[WeightedItem, _Mapping]]] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_gateway_pb2.Filter, _Mapping]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., boosts: _Optional[_Union[ItemWeights, _Mapping]] = ...) -> None: ...
 
+class StreamSearchRequest(_message.Message):
+    __slots__ = ("search", "by_profile")
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    BY_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    search: SearchRequest
+    by_profile: SearchByProfileRequest
+    def __init__(self, search: _Optional[_Union[SearchRequest, _Mapping]] = ..., by_profile: _Optional[_Union[SearchByProfileRequest, _Mapping]] = ...) -> None: ...
+
+class StreamSearchResponse(_message.Message):
+    __slots__ = ("search", "by_profile")
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    BY_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    search: SearchResponse
+    by_profile: SearchByProfileResponse
+    def __init__(self, search: _Optional[_Union[SearchResponse, _Mapping]] = ..., by_profile: _Optional[_Union[SearchByProfileResponse, _Mapping]] = ...) -> None: ...
+
 class SearchByProfileResponse(_message.Message):
     __slots__ = ("hits", "profile_items_found")
     HITS_FIELD_NUMBER: _ClassVar[int]

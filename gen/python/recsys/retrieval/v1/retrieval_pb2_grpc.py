@@ -64,6 +64,11 @@ class RetrievalServiceStub:
                 request_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileRequest.SerializeToString,
                 response_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileResponse.FromString,
                 _registered_method=True)
+        self.StreamSearch = channel.stream_stream(
+                '/recsys.retrieval.v1.RetrievalService/StreamSearch',
+                request_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.StreamSearchRequest.SerializeToString,
+                response_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.StreamSearchResponse.FromString,
+                _registered_method=True)
         self.DropIndex = channel.unary_unary(
                 '/recsys.retrieval.v1.RetrievalService/DropIndex',
                 request_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.DropIndexRequest.SerializeToString,
@@ -124,6 +129,16 @@ class RetrievalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamSearch(self, request_iterator, context):
+        """Search and SearchByProfile over one long-lived stream, one request at a time and each
+        answered in turn (the gateway's hot path: a message on an open stream costs a
+        fraction of a call's set-up). A failure ends the stream with the status the unary
+        method would have answered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DropIndex(self, request, context):
         """Removes an index and its vectors; a model version's index goes once the version is retired.
         """
@@ -176,6 +191,11 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     servicer.SearchByProfile,
                     request_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileRequest.FromString,
                     response_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileResponse.SerializeToString,
+            ),
+            'StreamSearch': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamSearch,
+                    request_deserializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.StreamSearchRequest.FromString,
+                    response_serializer=recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.StreamSearchResponse.SerializeToString,
             ),
             'DropIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.DropIndex,
@@ -355,6 +375,33 @@ class RetrievalService:
             '/recsys.retrieval.v1.RetrievalService/SearchByProfile',
             recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileRequest.SerializeToString,
             recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.SearchByProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamSearch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/recsys.retrieval.v1.RetrievalService/StreamSearch',
+            recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.StreamSearchRequest.SerializeToString,
+            recsys_dot_retrieval_dot_v1_dot_retrieval__pb2.StreamSearchResponse.FromString,
             options,
             channel_credentials,
             insecure,
