@@ -37,8 +37,11 @@ Reply = TypeVar("Reply")
 MAX_AGE_S = 30.0
 MAX_IDLE_S = 60.0
 MAX_IDLE_STREAMS = 256
-# The first try and this many more, each on a new stream, where a stream turns out stale.
-STALE_RETRIES = 2
+# The first try and this many more, each on a new stream after a pause that doubles (as the
+# channels' own retry policy, shared/targets.py), where a stream turns out stale: a replica
+# just killed may still be picked once or twice before the channel sees it gone.
+STALE_RETRIES = 3
+FIRST_BACKOFF_S = 0.01
 
 
 @dataclass
@@ -82,13 +85,16 @@ class StreamedCalls(Generic[Request, Reply]):
 
     async def _call(self, request: Request) -> Reply:
         for attempt in range(STALE_RETRIES + 1):
-            stream = self._take()
+            if attempt:
+                await asyncio.sleep(FIRST_BACKOFF_S * 2 ** (attempt - 1))
+            # A retry opens a stream: the idle ones may be to the replica that went away.
+            stream = self._take() if attempt == 0 else self._open()
             try:
                 reply = await self._exchange(stream, request)
             except grpc.aio.AioRpcError as error:
                 # A stream that had answered before may have gone stale since (its server
                 # went away); UNAVAILABLE is tried again on a new stream as a channel
-                # retries a unary call, which then goes to another replica where one is.
+                # retries a unary call, which goes to another replica where there is one.
                 stale = error.code() == grpc.StatusCode.UNAVAILABLE or (
                     error.code() == grpc.StatusCode.CANCELLED and stream.answered > 0
                 )
@@ -109,6 +115,9 @@ class StreamedCalls(Generic[Request, Reply]):
             if now - stream.used < self.max_idle_s and not stream.call.done():
                 return stream
             stream.call.cancel()
+        return self._open()
+
+    def _open(self) -> _Stream:
         self.opened += 1
         return _Stream(self._open_stream())
 

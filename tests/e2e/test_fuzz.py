@@ -161,7 +161,11 @@ def bodies(method: Method, seed: int) -> Iterator[tuple[Body, bool, Message | No
     generator = Generator(seed, SERVED_MODELS if served else [])
     raw = [body for _ in range(8) for body in generator.raw_bodies(method.input)]
     for body, certain in raw:
-        if method.client_streaming:  # a good message first, then the bad one
+        if method.client_streaming and method.server_streaming:
+            # Each message answered in turn (StreamSearch): a first message's own error
+            # would end the stream before the bad one is read.
+            yield [body], certain, None
+        elif method.client_streaming:  # a good message first, then the bad one
             yield [generator.message(method.input).SerializeToString(), body], certain, None
         else:
             yield body, certain, None
