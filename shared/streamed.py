@@ -124,9 +124,18 @@ class StreamedCalls(Generic[Request, Reply]):
     async def _exchange(self, stream: _Stream, request: Request) -> Reply:
         try:
             await stream.call.write(request)
-            reply = await stream.call.read()
         except asyncio.InvalidStateError:  # the server ended the stream with OK before
             raise _error(grpc.StatusCode.UNAVAILABLE, "the stream was closed") from None
+        except grpc.aio.AioRpcError as error:
+            # grpc.aio reports a send on a stream whose connection just broke as INTERNAL
+            # ("Internal error from Core"), not as the UNAVAILABLE its status will say: the
+            # request did not go out, so it is as safe to send again as a refused call.
+            if error.code() != grpc.StatusCode.INTERNAL:
+                raise
+            raise _error(
+                grpc.StatusCode.UNAVAILABLE, f"the stream broke: {error.details()}"
+            ) from error
+        reply = await stream.call.read()
         if reply is grpc.aio.EOF:
             code = await stream.call.code()
             if code != grpc.StatusCode.OK:

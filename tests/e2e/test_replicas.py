@@ -131,6 +131,7 @@ class Load:
         self.stubs = [gateway_on(g) for g in gateways]
         self.users = users
         self.answers: list[Answer] = []
+        self.errors: list[str] = []  # every failed call's status and details, for the report
         self._stop = threading.Event()
         self._callers = [
             threading.Thread(target=self._call, args=(g, n))
@@ -147,6 +148,7 @@ class Load:
                 outcome = "fallback" if reply.fallback else reply.model_version
             except grpc.RpcError as error:
                 outcome = error.code().name
+                self.errors.append(f"{outcome}: {error.details()}")
             self.answers.append(Answer(gateway, time.monotonic(), outcome))
             n += 2
             self._stop.wait(self.pause_s)
@@ -279,7 +281,8 @@ def test_two_of_each_through_publishes_a_rollback_and_a_kill_of_each_replica(
             time.sleep(SWITCH_BOUND_S)
         outcomes = load.outcomes()
         served = set(outcomes)
-        assert all(o.startswith("two-tower-") for o in served), outcomes  # none failed or fell back
+        # None failed or fell back.
+        assert all(o.startswith("two-tower-") for o in served), (outcomes, load.errors)
         assert len(served) >= 3, outcomes
         firsts = [load.first_answered(g) for g in (0, 1)]
         for version in set(firsts[0]) & set(firsts[1]):
@@ -310,7 +313,7 @@ def test_two_of_each_through_publishes_a_rollback_and_a_kill_of_each_replica(
             assert ready_on_each(suite, number) == [True, True]
             time.sleep(1.0)
         outcomes = load.outcomes()
-        assert set(outcomes) == {live} and outcomes[live] > 20, outcomes
+        assert set(outcomes) == {live} and outcomes[live] > 20, (outcomes, load.errors)
 
         replicas = [gateway_on(g) for g in gateways]
         for user in ("u0", "u1", "u7"):
