@@ -72,11 +72,8 @@ UPSERT_BATCH = 1_000
 class TunerConfig:
     enabled: bool = True
     # Events of each batch followed that are ranked, at most: each costs a Recommend per
-    # candidate (about 10 ms for all), against about 1 ms per event for the learning. A
-    # window's worth, so that a large batch (a burst, or a block of an evaluation) is a
-    # decision of its own: at 100, a setting that had gone wrong stayed so for three such
-    # batches (on 30,000 MovieLens ratings, block NDCG@10 fell to .045 there; docs/ranking.md).
-    sample: int = 300
+    # candidate (about 10 ms for all), against about 1 ms per event for the learning.
+    sample: int = 100
     window: int = 300  # ranked events behind each decision
     confidence_z: float = 1.0  # how sure (one-sided, in standard errors) a step must be
     k: int = 10
