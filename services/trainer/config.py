@@ -96,6 +96,7 @@ class TrainerConfig:
                 enabled=env.integer("TUNE_RANKING", 1, minimum=0, maximum=1) == 1,
                 sample=env.integer("TUNE_SAMPLE", tuner.sample, minimum=1),
                 window=env.integer("TUNE_WINDOW", tuner.window, minimum=2),
+                min_window=env.integer("TUNE_MIN_WINDOW", tuner.min_window, minimum=2),
                 confidence_z=env.number("TUNE_CONFIDENCE_Z", tuner.confidence_z),
                 horizon=env.integer("TUNE_HORIZON", tuner.horizon, minimum=1),
             ),

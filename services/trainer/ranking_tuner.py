@@ -74,7 +74,11 @@ class TunerConfig:
     # Events of each batch followed that are ranked, at most: each costs a Recommend per
     # candidate (about 10 ms for all), against about 1 ms per event for the learning.
     sample: int = 100
-    window: int = 300  # ranked events behind each decision
+    window: int = 300  # ranked events behind a decision, at most
+    # The fewest: from here on a step far ahead of the choice is taken at once, so that a
+    # setting gone badly wrong (as after a shift in the data) does not stay so for the
+    # whole window; one close to it must wait for the full window (confident_steps).
+    min_window: int = 100
     confidence_z: float = 1.0  # how sure (one-sided, in standard errors) a step must be
     k: int = 10
     horizon: int = 10  # the event's item and the user's next ones in its batch, at most
@@ -114,6 +118,33 @@ def steps_from(settings: RankingSettings, ladders: Mapping[str, Sequence[float]]
         above = [v for v in ladder if v > current]
         steps += [Step(name, v) for v in (below[-1:] + above[:1])]
     return steps
+
+
+def confident_steps(
+    table: np.ndarray, steps: Sequence[Step], config: TunerConfig
+) -> dict[str, tuple[float, int]]:
+    """For each setting, its step (a column of `table`, 1 onwards) whose paired advantage
+    over the choice (column 0) is surest to be positive, as (bound, column); none where no
+    step's bound is. A row is one ranked event, its NDCG@k under each candidate (NaN: not
+    ranked, events it cannot change). The bound is the advantage less a margin of doubt
+    that is the same on the advantage summed over the events so far, whatever their
+    number: at the full window `confidence_z` standard errors of the mean, earlier wider by
+    sqrt(window / events), as a group-sequential test widens its early looks, so that
+    looking after every batch takes steps on noise not much more often than looking once
+    at the window's end, while a step far ahead is taken at once."""
+    choice = table[:, 0]
+    early = math.sqrt(max(config.window / table.shape[0], 1.0))
+    best: dict[str, tuple[float, int]] = {}
+    for column, step in enumerate(steps, start=1):
+        paired = table[:, column] - choice
+        paired = paired[~np.isnan(paired)]
+        if paired.size < 2:
+            continue
+        spread = float(paired.std(ddof=1)) / math.sqrt(paired.size)
+        bound = float(paired.mean()) - config.confidence_z * early * spread
+        if bound > best.get(step.setting, (0.0, 0))[0]:
+            best[step.setting] = (bound, column)
+    return best
 
 
 def tuned_values(settings: RankingSettings) -> dict[str, float]:
@@ -214,8 +245,11 @@ class RankingTuner:
             pending.append(logged.event)
         self._follow(pending)
         self.offset = events[-1].offset
-        if len(self._window) >= self.config.window:
-            self._decide()
+        ranked = len(self._window)
+        if ranked >= self.config.window:
+            self._decide(final=True)
+        elif ranked >= min(self.config.min_window, self.config.window):
+            self._decide(final=False)
 
     def forget(self, user_ids: Collection[str]) -> None:
         for user_id in user_ids:
@@ -283,22 +317,17 @@ class RankingTuner:
                 self.choice_hits += int(event.item_id in ranked)
         self._window.append(gains)
 
-    def _decide(self) -> None:
+    def _decide(self, final: bool) -> None:
         """Each setting takes its better step where that step beat the choice with
-        confidence; the others stay. Then a new window, around the new choice."""
+        confidence; the others stay. Then a new window, around the new choice. Before the
+        window is full (not `final`), nothing happens unless some step is confidently
+        better already."""
         table = np.stack(self._window)
         events = table.shape[0]
         choice = table[:, 0]
-        best: dict[str, tuple[float, int]] = {}  # setting -> (bound, column)
-        for column, step in enumerate(self._steps, start=1):
-            paired = table[:, column] - choice
-            paired = paired[~np.isnan(paired)]  # not ranked: events it cannot change
-            if paired.size < 2:
-                continue
-            spread = float(paired.std(ddof=1)) / math.sqrt(paired.size)
-            bound = float(paired.mean()) - self.config.confidence_z * spread
-            if bound > best.get(step.setting, (0.0, 0))[0]:
-                best[step.setting] = (bound, column)
+        best = confident_steps(table, self._steps, self.config)
+        if not final and not best:
+            return  # the window goes on
         key = f"ndcg@{self.config.k}"
         self.last_window = {key: float(choice.mean()), "events": float(events)}
         moves = []

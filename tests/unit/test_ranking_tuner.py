@@ -15,7 +15,14 @@ import torch
 from services.gateway import GatewayConfig
 from services.gateway.recommend import TUNED_SETTINGS, RankingSettings
 from services.trainer.model_training import TrainConfig, TrainedModel, train
-from services.trainer.ranking_tuner import RankingTuner, Signals, TunerConfig, steps_from
+from services.trainer.ranking_tuner import (
+    RankingTuner,
+    Signals,
+    Step,
+    TunerConfig,
+    confident_steps,
+    steps_from,
+)
 from services.trainer.two_tower import TowerConfig
 from shared.events import Event, EventType, LoggedEvent
 
@@ -166,3 +173,27 @@ def test_a_pinned_setting_is_never_a_step() -> None:
     names = {step.setting for step in steps_from(pinned, SIGNALS.ladders())}
     assert names == set(TUNED_SETTINGS[2:])
     assert pinned.with_published({TUNED_SETTINGS[0]: 3.0}) == pinned
+
+
+def windows(events: int, advantage: float, noise: float) -> np.ndarray:
+    """`events` ranked events: the choice's NDCG@10 and a step's, ahead of it by
+    `advantage` give or take `noise` (in turn, so that any even number of the first events
+    has that very mean and spread)."""
+    choice = np.random.default_rng(5).uniform(0.0, 0.5, events)
+    signs = np.where(np.arange(events) % 2 == 0, 1.0, -1.0)
+    return np.stack([choice, choice + advantage + noise * signs], axis=1)
+
+
+def test_a_step_far_ahead_is_taken_early_and_one_a_little_ahead_waits_for_the_window() -> None:
+    config = TunerConfig(window=300, min_window=100, confidence_z=1.0)
+    step = [Step("model_popularity_weight", 0.5)]
+    far, near = windows(300, 0.2, 0.15), windows(300, 0.02, 0.15)
+    assert confident_steps(far[:100], step, config) == {
+        "model_popularity_weight": (pytest.approx(0.2 - 0.015 * 3**0.5, abs=1e-3), 1)
+    }
+    # Ahead after 100 events by more than a standard error (0.015), not by the early margin.
+    assert confident_steps(near[:100], step, config) == {}
+    assert confident_steps(near, step, config) == {
+        "model_popularity_weight": (pytest.approx(0.02 - 0.15 / 300**0.5, abs=1e-3), 1)
+    }
+    assert confident_steps(windows(300, -0.05, 0.15), step, config) == {}
