@@ -14,10 +14,11 @@ batch, up to `horizon` (what a user does next is rarely one item, and what fits 
 of them is what a block-by-block evaluation rewards too). A user's first event has no past:
 every setting ranks it alike but the popularity's half-life, so it is ranked for that one
 alone, every time (new users are few among the events, and popularity is all they get).
-Once a window of events is scored it moves each setting to its neighbour that beat the
-choice by the most, if its paired advantage is positive with confidence: a coordinate
-search, one step per window, that goes on following the data as it changes. The trainer
-publishes each new version with the choice of the moment.
+After each batch, once enough events are scored, it moves each setting to its neighbour
+that beat the choice by the most, if its paired advantage is positive with confidence
+(confident_steps: early on only a step far ahead is), and starts a new window: a
+coordinate search, one step per window, that goes on following the data as it changes.
+The trainer publishes each new version with the choice of the moment.
 """
 
 from __future__ import annotations
