@@ -197,3 +197,32 @@ def test_a_step_far_ahead_is_taken_early_and_one_a_little_ahead_waits_for_the_wi
         "model_popularity_weight": (pytest.approx(0.02 - 0.15 / 300**0.5, abs=1e-3), 1)
     }
     assert confident_steps(windows(300, -0.05, 0.15), step, config) == {}
+
+
+def test_early_looks_come_at_fixed_points_of_the_window_however_small_the_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay one event a batch (the prequential protocol's) looks twice before a
+    window's end, after 40 and 80 ranked events, not after every batch from 40 on."""
+    events = partners_stream(TRAINED_ON + 300)
+    model = train(events[:TRAINED_ON], content(), WEAK, tower=SMALL)
+    config = replace(TUNING, window=120, min_window=40)
+    tuner = RankingTuner(defaults(), config, SIGNALS, tmp_path)
+    tuner.use_content(content())
+    looks: list[tuple[list[np.ndarray], bool, int]] = []
+    decide = tuner._decide
+
+    def looking(final: bool) -> None:
+        looks.append((tuner._window, final, len(tuner._window)))
+        decide(final)
+
+    monkeypatch.setattr(tuner, "_decide", looking)
+    tuner.observe(events[:TRAINED_ON], model, 1)
+    for logged_event in events[TRAINED_ON:]:
+        tuner.observe([logged_event], model, 1)
+    early = [(window, ranked) for window, final, ranked in looks if not final]
+    assert early, looks
+    for window in {id(w): w for w, _ in early}.values():
+        points = [ranked for w, ranked in early if w is window]
+        assert points in ([40], [80], [40, 80]), points
+    tuner.close()
