@@ -208,6 +208,7 @@ class RankingTuner:
         self._model: ServingInfo | None = None
         self._model_source: TrainedModel | None = None
         self._window: list[np.ndarray] = []
+        self._looked = 0  # ranked events in the window at its last early look
         self._restart_search()
 
     # What the trainer tells it -----------------------------------------------------------
@@ -290,7 +291,7 @@ class RankingTuner:
             n for n, step in enumerate(self._steps, start=1) if step.setting == TRENDING
         ]
         self._window = []
-        self._looked = 0  # ranked events in the window at its last early look
+        self._looked = 0
 
     def _firsts(self, events: Sequence[LoggedEvent], unseen: Collection[int]) -> set[int]:
         """Of `unseen`, the events of users with none before them."""
