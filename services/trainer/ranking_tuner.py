@@ -13,7 +13,9 @@ NDCG@10 of what the user went on to take: the event's item and the user's next o
 batch, up to `horizon` (what a user does next is rarely one item, and what fits a session
 of them is what a block-by-block evaluation rewards too). A user's first event has no past:
 every setting ranks it alike but the popularity's half-life, so it is ranked for that one
-alone, every time (new users are few among the events, and popularity is all they get).
+alone, every time (new users are few among the events, and popularity is all they get),
+the history's too: the first events a bootstrap learned are ranked without the model, so
+that the half-life fits the data before any new event comes.
 After each batch, once enough events are scored, it moves each setting to its neighbour
 that beat the choice by the most, if its paired advantage is positive with confidence
 (confident_steps: early on only a step far ahead is), and starts a new window: a
@@ -235,18 +237,24 @@ class RankingTuner:
         if live is not None and live is not self._model_source:
             self._serve(live, live_version)
         scored: set[int] = set()
+        learned = self._model.trained_through_offset if self._model is not None else 0
         if self._model is not None:
-            learned = self._model.trained_through_offset
             unseen = [n for n, e in enumerate(events) if e.offset > learned]
             scored = set(self._rng.sample(unseen, min(self.config.sample, len(unseen))))
-            scored |= self._firsts(events, unseen)
+        # A user's first event is ranked by popularity alone, so it is ranked even where the
+        # model learned it (ranked then without the model, which learned the user from it)
+        # or there is none: the history a bootstrap learned, all a suite has when it
+        # starts, fits the popularity's half-life before the first new event comes.
+        scored |= self._firsts(events)
         upcoming = _upcoming(events, scored, self.config.horizon)
         pending: list[Event] = []
         for n, logged in enumerate(events):
             if n in scored:
                 self._follow(pending)
                 pending = []
-                self._rank(logged.event, upcoming[n])
+                self._rank(
+                    logged.event, upcoming[n], self._model if logged.offset > learned else None
+                )
             pending.append(logged.event)
         self._follow(pending)
         self.offset = events[-1].offset
@@ -293,18 +301,16 @@ class RankingTuner:
         self._window = []
         self._looked = 0
 
-    def _firsts(self, events: Sequence[LoggedEvent], unseen: Collection[int]) -> set[int]:
-        """Of `unseen`, the events of users with none before them."""
+    def _firsts(self, events: Sequence[LoggedEvent]) -> set[int]:
+        """The events of users with none before them."""
         first: dict[str, int] = {}
         for n, logged in enumerate(events):
             first.setdefault(logged.event.user_id, n)
-        wanted = set(unseen)
-        return {n for user, n in first.items() if n in wanted and not self._log.first_offset(user)}
+        return {n for user, n in first.items() if not self._log.first_offset(user)}
 
-    def _rank(self, event: Event, upcoming: Sequence[str]) -> None:
-        model = self._model
-        assert model is not None
-        limit = max(self.chosen.recent_history, model.history_len)
+    def _rank(self, event: Event, upcoming: Sequence[str], model: ServingInfo | None) -> None:
+        """`model`: None only for a user's first event (observe)."""
+        limit = max(self.chosen.recent_history, model.history_len if model else 0)
         history = self.behaviour.history(event.user_id, limit, True)
         seen = set(history.seen)
         # An item seen before is ranked by none.

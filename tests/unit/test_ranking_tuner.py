@@ -216,8 +216,8 @@ def test_early_looks_come_at_fixed_points_of_the_window_however_small_the_batche
         looks.append((tuner._window, final, len(tuner._window)))
         decide(final)
 
+    tuner.observe(events[:TRAINED_ON], model, 1)  # its newcomers' first events ranked at once
     monkeypatch.setattr(tuner, "_decide", looking)
-    tuner.observe(events[:TRAINED_ON], model, 1)
     for logged_event in events[TRAINED_ON:]:
         tuner.observe([logged_event], model, 1)
     early = [(window, ranked) for window, final, ranked in looks if not final]
@@ -225,4 +225,20 @@ def test_early_looks_come_at_fixed_points_of_the_window_however_small_the_batche
     for window in {id(w): w for w, _ in early}.values():
         points = [ranked for w, ranked in early if w is window]
         assert points in ([40], [80], [40, 80]), points
+    tuner.close()
+
+
+def test_the_history_a_bootstrap_learned_fits_the_half_life_before_any_new_event(
+    tmp_path: Path,
+) -> None:
+    """A suite starts with a model trained on its whole log: no event is left that the
+    model has not learned, but the newcomers' first events in it still say which
+    popularity predicts what a newcomer takes."""
+    history = classics_stream(1_200)
+    model = train(history, content(), WEAK, tower=SMALL)
+    tuner = RankingTuner(defaults(**LOWEST), TUNING, SIGNALS, tmp_path)
+    tuner.use_content(content())
+    tuner.observe(history, model, 1)
+    assert tuner.changes == 1, tuner.status()
+    assert tuner.chosen.trending_half_life_s == MONTH_S
     tuner.close()
