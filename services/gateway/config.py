@@ -33,6 +33,7 @@ class GatewayConfig:
     model_co_occurrence_weight: float  # the same, added to the trained model's scores
     co_occurrence_candidates: int  # related items asked of features per Recommend
     trending_half_life_s: float  # the popularity features ranks by; 0: features' default
+    newcomer_half_life_s: float  # the same, for users with no history; 0: the above
     trainer_address: str  # the continual trainer, told of forgotten users; "": none deployed
     user_vector_cache: int  # users whose last user-tower vector is kept; 0: none
     history_cache_ids: int  # item ids, in all, of the users' histories kept; 0: none
@@ -69,6 +70,7 @@ class GatewayConfig:
                 "CO_OCCURRENCE_CANDIDATES", 100, minimum=1, maximum=1000
             ),
             trending_half_life_s=env.number("TRENDING_HALF_LIFE_S", 0.0),
+            newcomer_half_life_s=env.number("NEWCOMER_HALF_LIFE_S", 0.0),
             trainer_address=env.optional_address("TRAINER_ADDRESS", default_address("trainer")),
             user_vector_cache=env.integer("USER_VECTOR_CACHE", 10_000, minimum=0),
             history_cache_ids=env.integer("HISTORY_CACHE_IDS", 500_000, minimum=0),
@@ -89,5 +91,6 @@ class GatewayConfig:
             model_co_occurrence_weight=self.model_co_occurrence_weight,
             co_occurrence_candidates=self.co_occurrence_candidates,
             trending_half_life_s=self.trending_half_life_s,
+            newcomer_half_life_s=self.newcomer_half_life_s,
             pinned=self.pinned,
         )

@@ -80,6 +80,10 @@ class RankingSettings:
     # How fast popularity fades, in event time: features ranks by the half-life it keeps
     # nearest to this (FeaturesConfig.trending_half_lives_s); 0: features' default.
     trending_half_life_s: float = 0.0
+    # The same, for what a user with no history gets (their whole list); 0: the above. A
+    # service's newcomers may take what has lasted (a film site's classics) where its
+    # regulars follow what is new, or the other way round.
+    newcomer_half_life_s: float = 0.0
     # TUNED_SETTINGS fixed by configuration: a version's published values do not change them.
     pinned: frozenset[str] = frozenset()
 
@@ -104,6 +108,7 @@ TUNED_SETTINGS = (
     "new_item_share",
     "profile_half_life_s",
     "trending_half_life_s",
+    "newcomer_half_life_s",
 )
 
 
@@ -405,9 +410,10 @@ class Recommender:
             ]
         fallback = not picks
         if len(picks) < query.k:
-            if not blend:
-                trending = await self._trending_candidates(query, settings)
-            picks += await self._trending_fill(query, settings, history, trending, picks)
+            half_life = self._fill_half_life(settings, history)
+            if not blend or half_life != settings.trending_half_life_s:
+                trending = await self._trending_candidates(query, settings, half_life)
+            picks += await self._trending_fill(query, settings, history, trending, picks, half_life)
         return await self._answer(
             query, picks, history, CONTENT_MODEL if fallback else model.name, fallback
         )
@@ -465,7 +471,10 @@ class Recommender:
             ]
         fallback = not picks
         if len(picks) < query.k:
-            picks += await self._trending_fill(query, settings, history, trending, picks)
+            half_life = self._fill_half_life(settings, history)
+            if half_life != settings.trending_half_life_s:
+                trending = await self._trending_candidates(query, settings, half_life)
+            picks += await self._trending_fill(query, settings, history, trending, picks, half_life)
         return await self._answer(query, picks, history, CONTENT_MODEL, fallback)
 
     async def _inputs(
@@ -489,13 +498,18 @@ class Recommender:
             )
         )
 
+    @staticmethod
+    def _fill_half_life(settings: RankingSettings, history: UserHistory) -> float:
+        """The popularity's half-life of the trending items that fill the list."""
+        if not history.recent and settings.newcomer_half_life_s:
+            return settings.newcomer_half_life_s
+        return settings.trending_half_life_s
+
     async def _trending_candidates(
-        self, query: RecommendQuery, settings: RankingSettings
+        self, query: RecommendQuery, settings: RankingSettings, half_life_s: float
     ) -> list[Scored]:
         return await self.sources.trending(
-            TrendingQuery(
-                settings.trending_candidates, query.item_filter, settings.trending_half_life_s
-            )
+            TrendingQuery(settings.trending_candidates, query.item_filter, half_life_s)
         )
 
     async def _trending_fill(
@@ -505,6 +519,7 @@ class Recommender:
         history: UserHistory,
         trending: Sequence[Scored],
         picks: Sequence[_Pick],
+        half_life_s: float,
     ) -> list[_Pick]:
         """Trending items the user has not seen, to fill the list; from the list fetched
         with the history, or, when the user has seen most of it, asked for again."""
@@ -514,9 +529,7 @@ class Recommender:
         if len(fresh) == wanted or len(trending) < settings.trending_candidates:
             return fresh
         more = await self.sources.trending(
-            TrendingQuery(
-                wanted, query.item_filter, settings.trending_half_life_s, tuple(sorted(taken))
-            )
+            TrendingQuery(wanted, query.item_filter, half_life_s, tuple(sorted(taken)))
         )
         return [_Pick(t.item_id, t.score) for t in more]
 

@@ -12,10 +12,11 @@ with each neighbour (one setting one step along its ladder), and scores each lis
 NDCG@10 of what the user went on to take: the event's item and the user's next ones in the
 batch, up to `horizon` (what a user does next is rarely one item, and what fits a session
 of them is what a block-by-block evaluation rewards too). A user's first event has no past:
-every setting ranks it alike but the popularity's half-life, so it is ranked for that one
-alone, every time (new users are few among the events, and popularity is all they get),
-the history's too: the first events a bootstrap learned are ranked without the model, so
-that the half-life fits the data before any new event comes.
+every setting ranks it alike but the half-life of what newcomers get, so it is ranked for
+that one alone, with every value it may take, every time (new users are few among the
+events, and popularity is all they get), the history's too: the first events a bootstrap
+learned are ranked without the model, and looked at once ranked, so that newcomers get
+what fits the data before any new event comes.
 After each batch, once enough events are scored, it moves each setting to its neighbour
 that beat the choice by the most, if its paired advantage is positive with confidence
 (confident_steps: early on only a step far ahead is), and starts a new window: a
@@ -67,7 +68,13 @@ LADDERS: dict[str, tuple[float, ...]] = {
     "profile_half_life_s": (DAY_S, 3 * DAY_S, 7 * DAY_S, 30 * DAY_S, 90 * DAY_S, 365 * DAY_S),
 }
 TRENDING = "trending_half_life_s"
-assert set(LADDERS) | {TRENDING} == set(TUNED_SETTINGS), "every tuned setting needs a ladder"
+NEWCOMER = "newcomer_half_life_s"
+assert set(LADDERS) | {TRENDING, NEWCOMER} == set(TUNED_SETTINGS), (
+    "every tuned setting needs a ladder"
+)
+# Settings whose every value is a candidate, not only the neighbours: what a newcomer gets
+# is a trending list, cheap to rank, and no other setting changes it, so the search jumps.
+WHOLE_LADDER = frozenset({NEWCOMER})
 UPSERT_BATCH = 1_000
 
 
@@ -104,7 +111,8 @@ class Signals:
         return Trending(self.trending_half_life_s, self.trending_half_lives_s)
 
     def ladders(self) -> dict[str, tuple[float, ...]]:
-        return {**LADDERS, TRENDING: self.trending().half_lives_s}
+        half_lives = self.trending().half_lives_s
+        return {**LADDERS, TRENDING: half_lives, NEWCOMER: half_lives}
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,8 @@ class Step:
 
 
 def steps_from(settings: RankingSettings, ladders: Mapping[str, Sequence[float]]) -> list[Step]:
-    """The neighbours of `settings`: each setting not pinned, one step down and one up."""
+    """The neighbours of `settings`: each setting not pinned, one step down and one up
+    (every other value of those in WHOLE_LADDER)."""
     steps = []
     for name, ladder in ladders.items():
         if name in settings.pinned:
@@ -122,7 +131,10 @@ def steps_from(settings: RankingSettings, ladders: Mapping[str, Sequence[float]]
         current = getattr(settings, name)
         below = [v for v in ladder if v < current]
         above = [v for v in ladder if v > current]
-        steps += [Step(name, v) for v in (below[-1:] + above[:1])]
+        if name in WHOLE_LADDER:
+            steps += [Step(name, v) for v in below + above]
+        else:
+            steps += [Step(name, v) for v in (below[-1:] + above[:1])]
     return steps
 
 
@@ -177,6 +189,10 @@ class RankingTuner:
         if not settings.trending_half_life_s:  # features' default, named
             settings = dataclasses.replace(
                 settings, trending_half_life_s=signals.trending_half_life_s
+            )
+        if not settings.newcomer_half_life_s and NEWCOMER not in settings.pinned:
+            settings = dataclasses.replace(
+                settings, newcomer_half_life_s=settings.trending_half_life_s
             )
         self.chosen = settings
         self.changes = 0
@@ -248,20 +264,25 @@ class RankingTuner:
         scored |= self._firsts(events)
         upcoming = _upcoming(events, scored, self.config.horizon)
         pending: list[Event] = []
+        history_ranked = False
         for n, logged in enumerate(events):
             if n in scored:
                 self._follow(pending)
                 pending = []
-                self._rank(
-                    logged.event, upcoming[n], self._model if logged.offset > learned else None
-                )
+                known = logged.offset <= learned or self._model is None
+                history_ranked |= known
+                self._rank(logged.event, upcoming[n], None if known else self._model)
             pending.append(logged.event)
         self._follow(pending)
         self.offset = events[-1].offset
         ranked = len(self._window)
         if ranked >= self.config.window:
             self._decide(final=True)
-        elif ranked // self.config.min_window > self._looked // self.config.min_window:
+        elif (
+            ranked // self.config.min_window > self._looked // self.config.min_window
+            # A look at the end of a history: it may be all the newcomers for a long while.
+            or (history_ranked and ranked > self._looked)
+        ):
             self._looked = ranked
             self._decide(final=False)
 
@@ -294,9 +315,15 @@ class RankingTuner:
             self.chosen.with_published({s.setting: s.value}) for s in self._steps
         ]
         self._recommenders = [Recommender(s, self._sources, self._user_vectors) for s in settings]
-        # What ranks a user with no past: the choice, and the popularity's steps.
+        # What ranks a user with no past: the choice, and the steps of the half-life of
+        # what newcomers get (the trending one's where that follows it); the others rank
+        # users with a past.
+        newcomers = NEWCOMER if self.chosen.newcomer_half_life_s else TRENDING
         self._for_newcomers = [0] + [
-            n for n, step in enumerate(self._steps, start=1) if step.setting == TRENDING
+            n for n, step in enumerate(self._steps, start=1) if step.setting == newcomers
+        ]
+        self._for_returning = [0] + [
+            n for n, step in enumerate(self._steps, start=1) if step.setting != NEWCOMER
         ]
         self._window = []
         self._looked = 0
@@ -317,7 +344,7 @@ class RankingTuner:
         if event.item_id in seen:
             return
         truth = {event.item_id} | {i for i in upcoming if i not in seen}
-        columns = range(len(self._recommenders)) if history.recent else self._for_newcomers
+        columns = self._for_returning if history.recent else self._for_newcomers
         query = RecommendQuery(event.user_id, self.config.k)
         gains = np.full(len(self._recommenders), np.nan)
         for n in columns:

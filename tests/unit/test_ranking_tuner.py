@@ -240,5 +240,6 @@ def test_the_history_a_bootstrap_learned_fits_the_half_life_before_any_new_event
     tuner.use_content(content())
     tuner.observe(history, model, 1)
     assert tuner.changes == 1, tuner.status()
-    assert tuner.chosen.trending_half_life_s == MONTH_S
+    assert tuner.chosen.newcomer_half_life_s == MONTH_S
+    assert tuner.chosen.trending_half_life_s == HOUR_S  # what users with a past get
     tuner.close()

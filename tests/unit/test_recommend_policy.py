@@ -299,3 +299,36 @@ def test_a_version_is_served_with_the_settings_it_was_published_with_but_pins_ho
     assert catalogue.input_asks[0].limit == 50
     asyncio.run(recommender.recommend(RecommendQuery("u", 4), model_version()))
     assert catalogue.searches[1].boosts[0] == ("hot", 0.5)  # a version without: the config
+
+
+LASTING_S = 365 * 86_400.0
+CLASSICS = [Scored("classic", 9.0), Scored("evergreen", 5.0), Scored("hot", 1.0)]
+
+
+@dataclass
+class TwoPopularities(Catalogue):
+    """Popularity over a year names other items than the trending list's."""
+
+    async def trending(self, query: TrendingQuery) -> list[Scored]:
+        if query.half_life_s != LASTING_S:
+            return await super().trending(query)
+        self.trending_asks.append(query)
+        return [t for t in CLASSICS if t.item_id not in query.exclude_item_ids][: query.k]
+
+
+@pytest.mark.parametrize("model", [None, model_version()], ids=["content", "model"])
+def test_newcomers_get_the_popularity_of_their_own_half_life_and_the_others_trending(
+    model: ServingInfo | None,
+) -> None:
+    settings = replace(SETTINGS, newcomer_half_life_s=LASTING_S)
+    catalogue = TwoPopularities(histories={"u": UserHistory(rated("liked"), ["liked"], 1)})
+
+    def shown(user: str) -> list[str]:
+        answer = asyncio.run(
+            Recommender(settings, catalogue).recommend(RecommendQuery(user, 2), model)
+        )
+        return [i.item_id for i in answer.items]
+
+    assert shown("new") == ["classic", "evergreen"]
+    assert shown("u") == ["hot", "warm"]  # filled from the trending list
+    assert [q.half_life_s for q in catalogue.trending_asks].count(LASTING_S) == 1
