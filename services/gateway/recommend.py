@@ -80,9 +80,9 @@ class RankingSettings:
     # How fast popularity fades, in event time: features ranks by the half-life it keeps
     # nearest to this (FeaturesConfig.trending_half_lives_s); 0: features' default.
     trending_half_life_s: float = 0.0
-    # The same, for what a user with no history gets (their whole list); 0: the above. A
-    # service's newcomers may take what has lasted (a film site's classics) where its
-    # regulars follow what is new, or the other way round.
+    # The same, for what a user with no history gets (their whole list); 0: the above, and
+    # tuned with it. Configured only: a service's newcomers may take what has lasted where
+    # its regulars follow what is new (docs/ranking.md: tuned apart, it cost the rest).
     newcomer_half_life_s: float = 0.0
     # TUNED_SETTINGS fixed by configuration: a version's published values do not change them.
     pinned: frozenset[str] = frozenset()
@@ -108,7 +108,6 @@ TUNED_SETTINGS = (
     "new_item_share",
     "profile_half_life_s",
     "trending_half_life_s",
-    "newcomer_half_life_s",
 )
 
 

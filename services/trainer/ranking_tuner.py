@@ -12,14 +12,14 @@ with each neighbour (one setting one step along its ladder), and scores each lis
 NDCG@10 of what the user went on to take: the event's item and the user's next ones in the
 batch, up to `horizon` (what a user does next is rarely one item, and what fits a session
 of them is what a block-by-block evaluation rewards too). A user's first event has no past:
-every setting ranks it alike but the half-life of what newcomers get, so it is ranked for
-that one alone, with every value it may take, every time (new users are few among the
-events, and popularity is all they get), the history's too: the first events a bootstrap
-learned are ranked without the model, and looked at once ranked, so that newcomers get
-what fits the data before any new event comes.
-After each batch, once enough events are scored, it moves each setting to its neighbour
-that beat the choice by the most, if its paired advantage is positive with confidence
-(confident_steps: early on only a step far ahead is), and starts a new window: a
+every setting ranks it alike but the popularity's half-life, so it is ranked for that one
+alone, with every value features keeps, every time (new users are few among the events,
+and popularity is all they get), the history's too: the first events a bootstrap learned
+are ranked without the model, and looked at once ranked, so that the half-life fits the
+data before any new event comes. After each batch, once enough events are scored, it
+moves each setting to its candidate that beat the choice by the most, if its paired
+advantage is positive with confidence (confident_steps: early on only a step far ahead
+is), and starts a new window: a
 coordinate search, one step per window, that goes on following the data as it changes.
 The trainer publishes each new version with the choice of the moment.
 """
@@ -68,13 +68,11 @@ LADDERS: dict[str, tuple[float, ...]] = {
     "profile_half_life_s": (DAY_S, 3 * DAY_S, 7 * DAY_S, 30 * DAY_S, 90 * DAY_S, 365 * DAY_S),
 }
 TRENDING = "trending_half_life_s"
-NEWCOMER = "newcomer_half_life_s"
-assert set(LADDERS) | {TRENDING, NEWCOMER} == set(TUNED_SETTINGS), (
-    "every tuned setting needs a ladder"
-)
-# Settings whose every value is a candidate, not only the neighbours: what a newcomer gets
-# is a trending list, cheap to rank, and no other setting changes it, so the search jumps.
-WHOLE_LADDER = frozenset({NEWCOMER})
+assert set(LADDERS) | {TRENDING} == set(TUNED_SETTINGS), "every tuned setting needs a ladder"
+# Settings whose every value is a candidate, not only the neighbours, on the events of
+# users with no past: what they get is a trending list, cheap to rank four ways, and the
+# popularity's half-life is the one setting that changes it, so the search may jump there.
+WHOLE_LADDER = frozenset({TRENDING})
 UPSERT_BATCH = 1_000
 
 
@@ -111,19 +109,19 @@ class Signals:
         return Trending(self.trending_half_life_s, self.trending_half_lives_s)
 
     def ladders(self) -> dict[str, tuple[float, ...]]:
-        half_lives = self.trending().half_lives_s
-        return {**LADDERS, TRENDING: half_lives, NEWCOMER: half_lives}
+        return {**LADDERS, TRENDING: self.trending().half_lives_s}
 
 
 @dataclass(frozen=True)
 class Step:
     setting: str
     value: float
+    neighbour: bool = True  # one step along the ladder (else ranked for newcomers alone)
 
 
 def steps_from(settings: RankingSettings, ladders: Mapping[str, Sequence[float]]) -> list[Step]:
     """The neighbours of `settings`: each setting not pinned, one step down and one up
-    (every other value of those in WHOLE_LADDER)."""
+    (and every other value of those in WHOLE_LADDER, not neighbours)."""
     steps = []
     for name, ladder in ladders.items():
         if name in settings.pinned:
@@ -131,10 +129,12 @@ def steps_from(settings: RankingSettings, ladders: Mapping[str, Sequence[float]]
         current = getattr(settings, name)
         below = [v for v in ladder if v < current]
         above = [v for v in ladder if v > current]
+        near = below[-1:] + above[:1]
+        steps += [Step(name, v) for v in near]
         if name in WHOLE_LADDER:
-            steps += [Step(name, v) for v in below + above]
-        else:
-            steps += [Step(name, v) for v in (below[-1:] + above[:1])]
+            steps += [
+                Step(name, v, neighbour=False) for v in ladder if v != current and v not in near
+            ]
     return steps
 
 
@@ -189,10 +189,6 @@ class RankingTuner:
         if not settings.trending_half_life_s:  # features' default, named
             settings = dataclasses.replace(
                 settings, trending_half_life_s=signals.trending_half_life_s
-            )
-        if not settings.newcomer_half_life_s and NEWCOMER not in settings.pinned:
-            settings = dataclasses.replace(
-                settings, newcomer_half_life_s=settings.trending_half_life_s
             )
         self.chosen = settings
         self.changes = 0
@@ -315,15 +311,15 @@ class RankingTuner:
             self.chosen.with_published({s.setting: s.value}) for s in self._steps
         ]
         self._recommenders = [Recommender(s, self._sources, self._user_vectors) for s in settings]
-        # What ranks a user with no past: the choice, and the steps of the half-life of
-        # what newcomers get (the trending one's where that follows it); the others rank
-        # users with a past.
-        newcomers = NEWCOMER if self.chosen.newcomer_half_life_s else TRENDING
+        # What ranks a user with no past: the choice, and every value of the popularity's
+        # half-life (none where newcomers have a half-life of their own, configured); the
+        # neighbours rank users with a past.
+        follows = not self.chosen.newcomer_half_life_s
         self._for_newcomers = [0] + [
-            n for n, step in enumerate(self._steps, start=1) if step.setting == newcomers
+            n for n, step in enumerate(self._steps, start=1) if step.setting == TRENDING and follows
         ]
         self._for_returning = [0] + [
-            n for n, step in enumerate(self._steps, start=1) if step.setting != NEWCOMER
+            n for n, step in enumerate(self._steps, start=1) if step.neighbour
         ]
         self._window = []
         self._looked = 0

@@ -168,6 +168,13 @@ def test_the_tuner_moves_towards_the_term_that_predicts_the_next_item(
     fixed.close()
 
 
+def test_newcomers_rank_every_half_life_and_the_others_its_neighbours() -> None:
+    ladders = {**SIGNALS.ladders(), "trending_half_life_s": (1.0, 2.0, 3.0, 4.0)}
+    steps = steps_from(defaults(trending_half_life_s=1.0), ladders)
+    half_lives = [(s.value, s.neighbour) for s in steps if s.setting == "trending_half_life_s"]
+    assert half_lives == [(2.0, True), (3.0, False), (4.0, False)]
+
+
 def test_a_pinned_setting_is_never_a_step() -> None:
     pinned = replace(defaults(), pinned=frozenset(TUNED_SETTINGS[:2]))
     names = {step.setting for step in steps_from(pinned, SIGNALS.ladders())}
@@ -240,6 +247,5 @@ def test_the_history_a_bootstrap_learned_fits_the_half_life_before_any_new_event
     tuner.use_content(content())
     tuner.observe(history, model, 1)
     assert tuner.changes == 1, tuner.status()
-    assert tuner.chosen.newcomer_half_life_s == MONTH_S
-    assert tuner.chosen.trending_half_life_s == HOUR_S  # what users with a past get
+    assert tuner.chosen.trending_half_life_s == MONTH_S
     tuner.close()
